@@ -1,0 +1,355 @@
+// modkit: start, watch and stop out-of-process modules.
+//
+// This is the library's only public header. Every fallible call returns a
+// modkit::Result<T>; nothing in the library throws, so it can be built and used
+// with -fno-exceptions -fno-rtti.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace modkit {
+
+// ---------------------------------------------------------------------------
+// Errors and results
+// ---------------------------------------------------------------------------
+
+/// What went wrong: a portable code (errno values on POSIX, GetLastError values
+/// on Windows, std::errc for validation) and a message that names the culprit
+/// (the path, the field) in words.
+struct Error {
+  std::error_code code;
+  std::string message;
+};
+
+/// Prints "message (code text)".
+std::ostream& operator<<(std::ostream& os, const Error& error);
+
+/// Builds an Error from a std::errc and a message.
+Error make_error(std::errc code, std::string message);
+
+/// A value or an Error, shaped like C++23 std::expected<T, Error>.
+///
+/// value() and operator* on an error are programming errors: value() prints the
+/// error to stderr and aborts (the library never throws), operator* is undefined
+/// behaviour as in std::expected.
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : value_(std::move(value)) {}                      // NOLINT: implicit like expected
+  Result(Error error) : error_(std::move(error)) {}                  // NOLINT
+  bool has_value() const noexcept { return value_.has_value(); }
+  explicit operator bool() const noexcept { return has_value(); }
+  T& operator*() & { return *value_; }
+  const T& operator*() const& { return *value_; }
+  T&& operator*() && { return std::move(*value_); }
+  T* operator->() { return &*value_; }
+  const T* operator->() const { return &*value_; }
+  T& value() & { check(); return *value_; }
+  const T& value() const& { check(); return *value_; }
+  T&& value() && { check(); return std::move(*value_); }
+  const Error& error() const& { return error_; }
+  Error&& error() && { return std::move(error_); }
+
+ private:
+  void check() const;
+  std::optional<T> value_;
+  Error error_;
+};
+
+/// Result of a call that returns nothing but may fail.
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error error) : failed_(true), error_(std::move(error)) {}  // NOLINT
+  bool has_value() const noexcept { return !failed_; }
+  explicit operator bool() const noexcept { return !failed_; }
+  void value() const;
+  const Error& error() const& { return error_; }
+  Error&& error() && { return std::move(error_); }
+
+ private:
+  bool failed_ = false;
+  Error error_;
+};
+
+namespace detail {
+[[noreturn]] void abort_on_bad_access(const Error& error);
+}
+
+template <typename T>
+void Result<T>::check() const {
+  if (!value_) detail::abort_on_bad_access(error_);
+}
+
+inline void Result<void>::value() const {
+  if (failed_) detail::abort_on_bad_access(error_);
+}
+
+// ---------------------------------------------------------------------------
+// Cancellation
+// ---------------------------------------------------------------------------
+
+/// A one-shot cancellation signal built on a condition variable. Copies share
+/// one state: cancelling any copy cancels them all.
+class CancellationToken {
+ public:
+  CancellationToken();
+
+  /// Cancels the token, wakes every waiter and runs every registered callback
+  /// (on the calling thread, without holding any lock). Idempotent.
+  void cancel();
+  bool is_cancelled() const;
+  /// Blocks until cancelled or until `timeout` has passed; returns is_cancelled().
+  bool wait_for(std::chrono::steady_clock::duration timeout) const;
+  /// Blocks until cancelled.
+  void wait() const;
+
+  /// RAII registration of a cancel callback. Destroying it unregisters the
+  /// callback and, if the callback is running on another thread, waits for it
+  /// to return, so whatever it captured may be destroyed right after.
+  class Registration {
+   public:
+    Registration() = default;
+    Registration(Registration&& other) noexcept;
+    Registration& operator=(Registration&& other) noexcept;
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    ~Registration();
+    void reset();
+
+   private:
+    friend class CancellationToken;
+    struct State;
+    Registration(std::shared_ptr<State> state, std::uint64_t id);
+    std::shared_ptr<State> state_;
+    std::uint64_t id_ = 0;
+  };
+
+  /// Runs `callback` once the token is cancelled; at once (on this thread) if it
+  /// already is.
+  Registration on_cancel(std::function<void()> callback) const;
+
+ private:
+  std::shared_ptr<Registration::State> state_;
+};
+
+// ---------------------------------------------------------------------------
+// Modules, instances and their configuration
+// ---------------------------------------------------------------------------
+
+enum class BackendKind { LocalProcess, K8s, Static, Mock };
+std::string_view to_string(BackendKind kind);
+std::ostream& operator<<(std::ostream& os, BackendKind kind);
+
+/// How a child is asked to stop before it is killed.
+enum class GracefulStop {
+  /// POSIX: SIGTERM to the child's process group. Windows: CTRL_BREAK_EVENT to
+  /// the child's console process group (real Windows only; Wine ignores it).
+  Signal,
+  /// Close the child's stdin (a pipe instead of the null device): a module that
+  /// reads stdin stops at EOF. Works everywhere, including under Wine.
+  CloseStdin,
+  /// No graceful step: kill at once.
+  None,
+};
+
+/// What to start. `OopModuleConfig{name, backend}` leaves everything else empty.
+struct OopModuleConfig {
+  OopModuleConfig() = default;
+  OopModuleConfig(std::string module_name, BackendKind kind)
+      : name(std::move(module_name)), backend(kind) {}
+
+  std::string name;
+  /// Path of the program. A name without a directory separator is looked up on
+  /// PATH (and PATHEXT on Windows).
+  std::optional<std::string> binary;
+  std::vector<std::string> args;
+  /// Entries added to (and overriding) the inherited environment.
+  std::map<std::string, std::string> env;
+  /// Must exist and be a directory; unset means the host's current directory.
+  std::optional<std::string> working_directory;
+  BackendKind backend = BackendKind::LocalProcess;
+  std::optional<std::string> version;
+
+  /// Start from an empty environment instead of the host's (only `env` reaches
+  /// the child; on Windows SYSTEMROOT is still passed, as programs need it).
+  bool clear_environment = false;
+  GracefulStop graceful_stop = GracefulStop::Signal;
+  /// Windows only: allow .bat/.cmd targets, whose arguments cmd.exe re-parses
+  /// (the "BatBadBut" injection class). Off by default.
+  bool allow_batch_files = false;
+};
+
+/// A running (or once running) instance. Printable with every field.
+struct InstanceHandle {
+  std::string module;
+  std::string instance_id;  ///< UUID v7 (RFC 9562), lower-case text form.
+  BackendKind backend = BackendKind::LocalProcess;
+  std::optional<std::int64_t> pid;
+  std::chrono::steady_clock::time_point created_at{};
+};
+std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle);
+
+/// How a child ended.
+struct ExitStatus {
+  enum class Kind { Exited, Signaled };
+  Kind kind = Kind::Exited;
+  int code = 0;         ///< exit code, or the signal number when Signaled.
+  bool forced = false;  ///< killed by modkit after the grace period ran out.
+  bool success() const { return kind == Kind::Exited && code == 0; }
+};
+std::ostream& operator<<(std::ostream& os, const ExitStatus& status);
+
+/// Generates a UUID v7 (RFC 9562): 48-bit Unix milliseconds, then a counter and
+/// random bits, so ids from one process sort in creation order.
+std::string new_uuid_v7();
+
+// ---------------------------------------------------------------------------
+// Logging
+// ---------------------------------------------------------------------------
+
+enum class LogLevel { Trace, Debug, Info, Warn, Error };
+/// Where a record came from: a child's stream, or modkit itself.
+enum class LogStream { Stdout, Stderr, Library };
+std::string_view to_string(LogLevel level);
+std::string_view to_string(LogStream stream);
+
+struct LogRecord {
+  std::string_view module;
+  std::string_view instance_id;  ///< empty for library events not tied to one instance
+  LogStream stream = LogStream::Library;
+  LogLevel level = LogLevel::Info;
+  std::string_view line;  ///< valid UTF-8, no line terminator
+  /// True when this record continues the previous one of the same stream,
+  /// which was cut at the maximum line length.
+  bool continuation = false;
+  std::chrono::system_clock::time_point timestamp{};
+};
+
+/// Receives every line of every child and modkit's own events. Called
+/// concurrently from several threads (one reader thread per stream per
+/// instance); never called while modkit holds a lock of its own. The record's
+/// views are valid only during the call.
+class LogSink {
+ public:
+  virtual ~LogSink() = default;
+  virtual void write(const LogRecord& record) = 0;
+};
+
+/// Level found in a line's content, as ModKit does: a JSON object's "level"
+/// field (error/warn/info/debug/trace, any case), else a second
+/// whitespace-separated token ERROR, WARN, INFO, DEBUG or TRACE (all upper or
+/// all lower case), else Info.
+LogLevel detect_level(std::string_view line);
+
+/// Writes each record as one line to a FILE* or a file descriptor. Thread-safe.
+class TextLogSink : public LogSink {
+ public:
+  explicit TextLogSink(std::FILE* out = stderr);
+  explicit TextLogSink(int fd);
+  void write(const LogRecord& record) override;
+
+ private:
+  std::mutex mutex_;
+  std::FILE* file_ = nullptr;
+  int fd_ = -1;
+};
+
+/// Writes each record as one JSON object per line. Thread-safe.
+class JsonLogSink : public LogSink {
+ public:
+  explicit JsonLogSink(std::FILE* out = stderr);
+  explicit JsonLogSink(int fd);
+  void write(const LogRecord& record) override;
+
+ private:
+  std::mutex mutex_;
+  std::FILE* file_ = nullptr;
+  int fd_ = -1;
+};
+
+// ---------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------
+
+/// Starts, stops and lists instances of out-of-process modules.
+class ModuleRuntimeBackend {
+ public:
+  virtual ~ModuleRuntimeBackend() = default;
+  /// Starts an instance. Fails, starting nothing, on an invalid config or when
+  /// the program cannot be executed (the message names the path and the cause).
+  virtual Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) = 0;
+  /// Stops an instance: graceful step, grace period, then kill; returns once it
+  /// has been reaped and its output drained. An unknown or already-exited
+  /// instance is not an error: the result is then empty.
+  virtual Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) = 0;
+  /// The live instances of `module`.
+  virtual Result<std::vector<InstanceHandle>> list_instances(std::string_view module) = 0;
+};
+
+struct LocalProcessOptions {
+  /// Grace between the graceful step and the kill in stop_instance.
+  std::chrono::milliseconds stop_grace{2000};
+  /// Shared deadline for all children when the token is cancelled.
+  std::chrono::milliseconds shutdown_grace{5000};
+  /// How long readers may keep draining after a kill (a descendant outside
+  /// the process group may hold the pipes open).
+  std::chrono::milliseconds drain_timeout{1000};
+  /// Longer lines are delivered in pieces (continuation records).
+  std::size_t max_line_bytes = 16 * 1024;
+  /// Stack size of each reader thread.
+  std::size_t reader_stack_bytes = 256 * 1024;
+  /// Called once for each instance that ends, on a modkit thread, with no lock
+  /// held: it may call spawn_instance or stop_instance.
+  std::function<void(const InstanceHandle&, const ExitStatus&)> on_exit;
+  /// Linux: watch exits through pidfds (one thread for all instances). When
+  /// false, or when the kernel lacks pidfd_open, each instance gets a thread
+  /// blocked in waitid() on its own pid.
+  bool use_pidfd = true;
+};
+
+/// Runs each instance as a child process of this one.
+///
+/// Each child leads its own process group (POSIX) or Job object (Windows), so
+/// stopping reaches its whole tree. Its stdin is the null device (or a pipe
+/// with GracefulStop::CloseStdin), its stdout and stderr go, line by line, to
+/// the LogSink, and it inherits no other descriptor or handle of the host.
+/// When the token is cancelled every child is stopped with one shared deadline.
+/// The destructor stops every child still running and joins every thread.
+class LocalProcessBackend final : public ModuleRuntimeBackend {
+ public:
+  LocalProcessBackend(CancellationToken token, std::shared_ptr<LogSink> sink,
+                      LocalProcessOptions options = {});
+  ~LocalProcessBackend() override;
+  LocalProcessBackend(const LocalProcessBackend&) = delete;
+  LocalProcessBackend& operator=(const LocalProcessBackend&) = delete;
+
+  Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) override;
+  Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) override;
+  Result<std::vector<InstanceHandle>> list_instances(std::string_view module) override;
+
+  /// Blocks until the shutdown that cancellation started has finished (every
+  /// child reaped, every stream drained). Returns at once if not cancelled.
+  void wait_for_shutdown();
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace modkit

@@ -1,0 +1,64 @@
+#include "core/line_splitter.hpp"
+
+#include <cstring>
+
+#include "core/utf8.hpp"
+
+namespace modkit {
+
+LineSplitter::LineSplitter(std::size_t max_line_bytes, Sink& sink)
+    : max_(max_line_bytes < 4 ? 4 : max_line_bytes), sink_(sink) {}
+
+void LineSplitter::feed(std::string_view bytes) {
+  while (!bytes.empty()) {
+    const void* found = std::memchr(bytes.data(), '\n', bytes.size());
+    if (found == nullptr) {
+      pending_.append(bytes.data(), bytes.size());
+      // Keep memory bounded: hand out full-size pieces as soon as we have them.
+      std::size_t offset = 0;
+      while (pending_.size() - offset > max_) {
+        std::string_view rest(pending_.data() + offset, pending_.size() - offset);
+        std::size_t cut = utf8::safe_cut(rest, max_);
+        emit(rest.substr(0, cut), false);
+        offset += cut;
+      }
+      pending_.erase(0, offset);
+      return;
+    }
+    std::size_t length = static_cast<std::size_t>(static_cast<const char*>(found) - bytes.data());
+    if (pending_.empty()) {
+      emit_bounded(bytes.substr(0, length));  // common case: no copy
+    } else {
+      pending_.append(bytes.data(), length);
+      emit_bounded(pending_);
+      pending_.clear();
+    }
+    bytes.remove_prefix(length + 1);
+  }
+}
+
+void LineSplitter::finish() {
+  if (!pending_.empty()) {
+    emit_bounded(pending_);
+    pending_.clear();
+  }
+  continuing_ = false;
+}
+
+// A complete line, possibly longer than the limit.
+void LineSplitter::emit_bounded(std::string_view raw) {
+  if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
+  while (raw.size() > max_) {
+    std::size_t cut = utf8::safe_cut(raw, max_);
+    emit(raw.substr(0, cut), false);
+    raw.remove_prefix(cut);
+  }
+  emit(raw, true);
+}
+
+void LineSplitter::emit(std::string_view raw, bool line_complete) {
+  sink_.line(utf8::sanitize(raw, scratch_), continuing_);
+  continuing_ = !line_complete;
+}
+
+}  // namespace modkit

@@ -1,0 +1,54 @@
+// Level detection: the seed's cases, then the edges.
+#include <gtest/gtest.h>
+
+#include "modkit/modkit.hpp"
+
+using modkit::detect_level;
+using modkit::LogLevel;
+
+TEST(DetectLevel, SecondTokenUpperCaseForAllFiveLevels) {
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00Z ERROR something failed"), LogLevel::Error);
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00Z WARN disk almost full"), LogLevel::Warn);
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00Z INFO started"), LogLevel::Info);
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00Z DEBUG state=1"), LogLevel::Debug);
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00Z TRACE enter"), LogLevel::Trace);
+}
+
+TEST(DetectLevel, SecondTokenLowerCase) {
+  EXPECT_EQ(detect_level("12:00:00 error boom"), LogLevel::Error);
+  EXPECT_EQ(detect_level("12:00:00 warn careful"), LogLevel::Warn);
+  EXPECT_EQ(detect_level("12:00:00 debug x"), LogLevel::Debug);
+  EXPECT_EQ(detect_level("12:00:00 trace y"), LogLevel::Trace);
+}
+
+TEST(DetectLevel, TracingLineWithSpansAndPadding) {
+  EXPECT_EQ(detect_level("2025-01-01T00:00:00.123456Z  WARN request{id=7}: my_module::api: slow"), LogLevel::Warn);
+  EXPECT_EQ(detect_level("   2025-01-01T00:00:00Z\tERROR span{a=1}:inner{b=2}: failed"), LogLevel::Error);
+}
+
+TEST(DetectLevel, JsonLevelFieldAnyCase) {
+  EXPECT_EQ(detect_level(R"({"level":"ERROR","msg":"x"})"), LogLevel::Error);
+  EXPECT_EQ(detect_level(R"({"level":"warn","msg":"x"})"), LogLevel::Warn);
+  EXPECT_EQ(detect_level(R"(  {"msg":"x", "level" : "Debug"})"), LogLevel::Debug);
+  EXPECT_EQ(detect_level(R"({"timestamp":"t","level":"trace","fields":{"level":"error"}})"), LogLevel::Trace);
+}
+
+TEST(DetectLevel, DefaultsToInfo) {
+  EXPECT_EQ(detect_level(""), LogLevel::Info);
+  EXPECT_EQ(detect_level("just a message"), LogLevel::Info);
+  EXPECT_EQ(detect_level("ERROR first token is not the level"), LogLevel::Info);
+  EXPECT_EQ(detect_level("x Error mixed case is not a level"), LogLevel::Info);
+  EXPECT_EQ(detect_level(R"({"level":"fatal"})"), LogLevel::Info);
+}
+
+TEST(DetectLevel, BrokenJsonFallsBackToTokens) {
+  EXPECT_EQ(detect_level(R"({"level":"error")"), LogLevel::Info);          // unterminated
+  EXPECT_EQ(detect_level(R"({"level":"error"} trailing)"), LogLevel::Info);  // not one document
+  EXPECT_EQ(detect_level("{broken WARN json"), LogLevel::Warn);              // second token rule still applies
+  EXPECT_EQ(detect_level(R"({"nested":{"level":"error"}})"), LogLevel::Info);  // only the top level counts
+}
+
+TEST(DetectLevel, DeepNestingIsRejectedNotRecursedForever) {
+  std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + ",\"level\":\"error\"}";
+  EXPECT_EQ(detect_level(deep), LogLevel::Info);
+}
