@@ -1,0 +1,58 @@
+# modkit's plain Makefile.
+#
+#   make lib     libmodkit.a with nothing but a C++17 compiler and ar (no CMake)
+#   make run     build with CMake and run the demo supervisor on its built-in example
+#   make test    build with CMake and run the test suite through ctest
+#   make bench   build and run the benchmarks (see bench/)
+#   make soak    the long stress run;  make fuzz: the fuzzers, longer than CI
+#   make win32   cross-build for Windows with MinGW-w64 and run the suite under Wine
+
+CXX      ?= c++
+AR       ?= ar
+CXXFLAGS ?= -O2 -g
+MODKIT_CXXFLAGS = -std=c++17 -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc -pthread
+BUILD    ?= build
+OUT      ?= out
+
+CORE_SOURCES  = $(wildcard src/core/*.cpp)
+POSIX_SOURCES = $(wildcard src/posix/*.cpp)
+LIB_OBJECTS   = $(patsubst src/%.cpp,$(OUT)/obj/%.o,$(CORE_SOURCES) $(POSIX_SOURCES))
+
+.PHONY: lib run test bench soak fuzz win32 clean
+
+lib: $(OUT)/libmodkit.a
+
+$(OUT)/libmodkit.a: $(LIB_OBJECTS)
+	$(AR) rcs $@ $^
+
+$(OUT)/obj/%.o: src/%.cpp $(wildcard include/modkit/*.hpp src/*/*.hpp)
+	@mkdir -p $(dir $@)
+	$(CXX) $(MODKIT_CXXFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+run: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) --target modkit-run -j2
+	$(BUILD)/tools/modkit-run --seconds 5 --example
+
+test: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j2
+	cd $(BUILD) && ctest --output-on-failure -j2
+
+bench:
+	cmake -S . -B $(BUILD)-bench -DCMAKE_BUILD_TYPE=Release -DMODKIT_BUILD_BENCH=ON -DMODKIT_BUILD_TESTS=OFF
+	cmake --build $(BUILD)-bench -j2
+	bash scripts/bench.sh $(BUILD)-bench
+
+soak:
+	bash scripts/soak.sh
+
+fuzz:
+	bash scripts/fuzz.sh $${FUZZ_SECONDS:-600}
+
+win32:
+	bash scripts/win32-test.sh
+
+clean:
+	rm -rf $(OUT) $(BUILD) $(BUILD)-bench

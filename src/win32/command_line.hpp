@@ -1,0 +1,26 @@
+// Windows command-line building: the inverse of the parsing rules of
+// CommandLineToArgvW and the MSVC C runtime. Pure string logic (UTF-8 in,
+// UTF-8 out, converted to UTF-16 by the caller), so it is unit-tested and
+// fuzzed on every platform.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace modkit::win32 {
+
+/// Appends `argument` to `command_line`, quoted so that the CRT parser yields
+/// it back unchanged (empty arguments, spaces, tabs, quotes, runs of
+/// backslashes). Does not add a separating space.
+void append_quoted_argument(std::string& command_line, std::string_view argument);
+
+/// The full command line: the program (argv[0], which the parser reads with
+/// simpler rules: quotes delimit, backslashes are literal) then each argument.
+/// Returns false if `program` cannot be represented (it contains a '"').
+bool build_command_line(std::string_view program, const std::vector<std::string>& args, std::string& out);
+
+/// True for a target that cmd.exe would run (.bat or .cmd, any case).
+bool is_batch_file(std::string_view path);
+
+}  // namespace modkit::win32
