@@ -170,6 +170,9 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   instance->handle.backend = BackendKind::LocalProcess;
   instance->handle.pid = instance->process->pid();
   instance->handle.created_at = Clock::now();
+  // Counted before anyone can see the instance, so the supervisor never
+  // takes it for drained (and joins it) before its readers have started.
+  instance->readers_running = 2;
 
   // Register before watching: the exit may be reported at once. Both lists
   // change under the map's lock, so a shutdown that has closed the map sees
@@ -227,16 +230,14 @@ void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
 }
 
 Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instance) {
+  // Under the instance's lock: a reader cannot count itself finished (and so
+  // be joined by the supervisor) before its handle is stored.
+  std::lock_guard<std::mutex> lock(instance->mutex);
   for (int index = 0; index < 2; ++index) {
-    {
-      std::lock_guard<std::mutex> lock(instance->mutex);
-      ++instance->readers_running;
-    }
     Instance* raw = instance.get();
     auto thread = platform::start_thread(options_.reader_stack_bytes, [this, raw, index] { read_stream(*raw, index); });
     if (!thread) {
-      std::lock_guard<std::mutex> lock(instance->mutex);
-      --instance->readers_running;
+      instance->readers_running -= 2 - index;  // this reader and any after it never ran
       instance->changed.notify_all();
       return std::move(thread).error();
     }
