@@ -7,6 +7,7 @@
 // no locks, no libc wrappers that sanitizers intercept (TSan's close() and
 // sigaction() interceptors would touch the parent's shadow state).
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -149,6 +150,33 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
 }
 
 // --- Parent side helpers ---------------------------------------------------
+
+#if defined(__SANITIZE_THREAD__)
+#define MODKIT_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MODKIT_UNDER_TSAN 1
+#endif
+#endif
+
+using CloneFunction = int (*)(int (*)(void*), void*, int, void*, ...);
+
+// ThreadSanitizer intercepts clone() and handles every call as a fork: it runs
+// its after-fork hooks in the child, which here shares our memory, and then
+// aborts the parent ("starting new threads after multi-threaded fork"). Its
+// builds call libc's clone directly; the child runs no instrumented code.
+CloneFunction libc_clone() {
+#ifdef MODKIT_UNDER_TSAN
+  static CloneFunction function = [] {
+    void* libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* symbol = libc ? dlsym(libc, "clone") : nullptr;
+    return symbol ? reinterpret_cast<CloneFunction>(symbol) : &::clone;
+  }();
+  return function;
+#else
+  return &::clone;
+#endif
+}
 
 Error spawn_error(const SpawnRequest& request, const std::string& what, int error) {
   std::error_code code(error, std::generic_category());
@@ -385,7 +413,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   sigset_t all, previous;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &previous);
-  pid_t pid = clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  pid_t pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_error = errno;
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   if (pid < 0) return spawn_error(request, "cannot create a process for '" + *path + "'", clone_error);
