@@ -124,7 +124,7 @@ class LocalProcessBackend::Impl {
 
   void supervise();
   void join_finished(std::unique_lock<std::mutex>& lock);
-  void report_exits(std::unique_lock<std::mutex>& lock);
+  std::optional<Clock::time_point> report_exits(std::unique_lock<std::mutex>& lock);
   void shutdown_everything();
 
   CancellationToken token_;
@@ -141,7 +141,13 @@ class LocalProcessBackend::Impl {
   std::condition_variable supervisor_wake_;
   std::condition_variable shutdown_finished_;
   std::vector<InstancePtr> unjoined_;    // every instance whose readers are not joined yet
-  std::deque<InstancePtr> exit_reports_;  // reaped, exit not yet reported
+  // Reaped, exit not yet reported. A report waits for the output to drain
+  // (so the child's last lines come first), at most drain_timeout.
+  struct PendingReport {
+    InstancePtr instance;
+    Clock::time_point due;
+  };
+  std::deque<PendingReport> exit_reports_;
   bool cancel_seen_ = false;
   bool destroying_ = false;
   bool shutdown_done_ = false;
@@ -312,7 +318,7 @@ void LocalProcessBackend::Impl::on_exit_signalled(const InstancePtr& instance) {
     instances_.erase(instance->handle.instance_id);
   }
   std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-  exit_reports_.push_back(instance);
+  exit_reports_.push_back({instance, Clock::now() + options_.drain_timeout});
   supervisor_wake_.notify_all();
 }
 
@@ -431,7 +437,7 @@ std::vector<InstanceHandle> LocalProcessBackend::Impl::list(std::string_view mod
 void LocalProcessBackend::Impl::supervise() {
   std::unique_lock<std::mutex> lock(lifecycle_mutex_);
   for (;;) {
-    report_exits(lock);
+    std::optional<Clock::time_point> next_report = report_exits(lock);
     join_finished(lock);
     if ((cancel_seen_ || destroying_) && !shutdown_done_) {
       lock.unlock();
@@ -442,14 +448,36 @@ void LocalProcessBackend::Impl::supervise() {
       continue;
     }
     if (destroying_ && unjoined_.empty() && exit_reports_.empty()) return;
-    supervisor_wake_.wait(lock);
+    if (next_report) {
+      supervisor_wake_.wait_until(lock, *next_report);
+    } else {
+      supervisor_wake_.wait(lock);
+    }
   }
 }
 
-void LocalProcessBackend::Impl::report_exits(std::unique_lock<std::mutex>& lock) {
-  while (!exit_reports_.empty()) {
-    InstancePtr instance = std::move(exit_reports_.front());
-    exit_reports_.pop_front();
+// Reports the exits whose output has drained (or whose drain is overdue);
+// returns when the next one falls due.
+std::optional<Clock::time_point> LocalProcessBackend::Impl::report_exits(std::unique_lock<std::mutex>& lock) {
+  for (;;) {
+    std::optional<Clock::time_point> next_due;
+    auto ready = exit_reports_.end();
+    Clock::time_point now = Clock::now();
+    for (auto it = exit_reports_.begin(); it != exit_reports_.end(); ++it) {
+      bool drained;
+      {
+        std::lock_guard<std::mutex> guard(it->instance->mutex);
+        drained = it->instance->drained();
+      }
+      if (drained || now >= it->due) {
+        ready = it;
+        break;
+      }
+      if (!next_due || it->due < *next_due) next_due = it->due;
+    }
+    if (ready == exit_reports_.end()) return next_due;
+    InstancePtr instance = std::move(ready->instance);
+    exit_reports_.erase(ready);
     lock.unlock();
     ExitStatus status;
     bool stopping;
