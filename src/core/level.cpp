@@ -1,4 +1,7 @@
 // Level detection from a line's content (the rules of ModKit's log forwarder).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 
 #include "modkit/modkit.hpp"
@@ -6,25 +9,64 @@
 namespace modkit {
 namespace {
 
-bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; }
+// ' ', or one of '\t' '\n' '\v' '\f' '\r' (9 to 13).
+bool is_blank(char c) { return c == ' ' || static_cast<unsigned char>(c - '\t') <= '\r' - '\t'; }
+
+// Index of the first blank of text[pos..], or text.size(). Runs on every
+// line (the first token is often a long timestamp), so it looks at 8 bytes at
+// a time for one below 0x21, where every blank is.
+std::size_t find_blank(std::string_view text, std::size_t pos) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  constexpr std::uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  while (pos + 8 <= text.size()) {
+    std::uint64_t word;
+    std::memcpy(&word, text.data() + pos, 8);
+    // Flags bytes below 0x21; the lowest flag is exact (borrows only
+    // propagate upwards), so start looking there.
+    std::uint64_t low = (word - kOnes * 0x21) & ~word & kHigh;
+    if (low != 0) {
+      for (std::size_t k = static_cast<std::size_t>(__builtin_ctzll(low)) / 8; k < 8; ++k) {
+        if (is_blank(text[pos + k])) return pos + k;
+      }
+    }
+    pos += 8;
+  }
+#endif
+  while (pos < text.size() && !is_blank(text[pos])) ++pos;
+  return pos;
+}
 
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::optional<LogLevel> level_named(std::string_view word, bool any_case) {
-  static constexpr std::pair<std::string_view, LogLevel> kLevels[] = {
-      {"error", LogLevel::Error}, {"warn", LogLevel::Warn},   {"info", LogLevel::Info},
-      {"debug", LogLevel::Debug}, {"trace", LogLevel::Trace},
-  };
-  for (const auto& [name, level] : kLevels) {
-    if (word.size() != name.size()) continue;
-    bool all_lower = true, all_upper = true, folded = true;
-    for (std::size_t i = 0; i < word.size(); ++i) {
-      all_lower = all_lower && word[i] == name[i];
-      all_upper = all_upper && word[i] == static_cast<char>(name[i] - 'a' + 'A');
-      folded = folded && lower(word[i]) == name[i];
-    }
-    if (all_lower || all_upper || (any_case && folded)) return level;
+  // The five names start with five different letters, so the first letter
+  // (in either case) picks the only candidate: one comparison per line
+  // instead of a scan of the table (this runs for every line a child writes).
+  if (word.size() < 4 || word.size() > 5) return std::nullopt;
+  std::string_view name;
+  LogLevel level = LogLevel::Info;
+  switch (lower(word[0])) {
+    case 'e': name = "error"; level = LogLevel::Error; break;
+    case 'w': name = "warn"; level = LogLevel::Warn; break;
+    case 'i': name = "info"; level = LogLevel::Info; break;
+    case 'd': name = "debug"; level = LogLevel::Debug; break;
+    case 't': name = "trace"; level = LogLevel::Trace; break;
+    default: return std::nullopt;
   }
+  if (word.size() != name.size()) return std::nullopt;
+  // Compare all bytes at once: exact lower case, exact upper case, or (with
+  // any_case) equal once 0x20 is set in each byte, which holds only for the
+  // letter in either case since every byte of a name is a lower-case letter.
+  auto pack = [](std::string_view text) {  // 4 or 5 bytes into one word
+    std::uint32_t head;
+    std::memcpy(&head, text.data(), 4);
+    std::uint64_t tail = text.size() == 5 ? static_cast<unsigned char>(text[4]) : 0;
+    return std::uint64_t{head} | (tail << 32);
+  };
+  const std::uint64_t packed = pack(word), lower_name = pack(name);
+  const std::uint64_t case_bits = word.size() == 5 ? 0x2020202020ULL : 0x20202020ULL;
+  if (packed == lower_name || packed == (lower_name & ~case_bits)) return level;
+  if (any_case && (packed | case_bits) == lower_name) return level;
   return std::nullopt;
 }
 
@@ -204,12 +246,13 @@ LogLevel detect_level(std::string_view line) {
     }
   }
   // The second whitespace-separated token: "2025-01-01T00:00:00Z  WARN target: text".
-  std::size_t pos = 0;
-  while (pos < rest.size() && !is_blank(rest[pos])) ++pos;  // first token
+  std::size_t pos = find_blank(rest, 0);  // end of the first token
   while (pos < rest.size() && is_blank(rest[pos])) ++pos;
+  // A level name has 4 or 5 letters: look no further than 6 bytes.
   std::size_t end = pos;
-  while (end < rest.size() && !is_blank(rest[end])) ++end;
-  if (end > pos) {
+  const std::size_t limit = std::min(rest.size(), pos + 6);
+  while (end < limit && !is_blank(rest[end])) ++end;
+  if (end - pos >= 4 && end - pos <= 5 && (end == rest.size() || is_blank(rest[end]))) {
     if (auto level = level_named(rest.substr(pos, end - pos), /*any_case=*/false)) return *level;
   }
   return LogLevel::Info;

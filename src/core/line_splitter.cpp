@@ -15,8 +15,12 @@ void LineSplitter::feed(std::string_view bytes) {
     if (found == nullptr) {
       pending_.append(bytes.data(), bytes.size());
       // Keep memory bounded: hand out full-size pieces as soon as we have them.
+      // Only once 3 bytes past the cut have arrived: a UTF-8 sequence that
+      // straddles the cut (it starts at most 3 bytes before it) is then
+      // complete, so safe_cut can keep it whole instead of seeing a truncated,
+      // "invalid" sequence and cutting it in two.
       std::size_t offset = 0;
-      while (pending_.size() - offset > max_) {
+      while (pending_.size() - offset >= max_ + 3) {
         std::string_view rest(pending_.data() + offset, pending_.size() - offset);
         std::size_t cut = utf8::safe_cut(rest, max_);
         emit(rest.substr(0, cut), false);

@@ -206,6 +206,13 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
       std::unique_lock<std::shared_mutex> lock(instances_mutex_);
       instances_.erase(instance->handle.instance_id);
     }
+    {
+      // No reader will run: a shutdown that already took this instance into
+      // its group must not wait for it to drain.
+      std::lock_guard<std::mutex> lock(instance->mutex);
+      instance->readers_running = 0;
+      instance->changed.notify_all();
+    }
     abandon(instance);
     return std::move(watched).error();
   }
@@ -230,7 +237,13 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
 // and let the supervisor join nothing (no reader was started).
 void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
   instance->process->kill_tree();
-  instance->process->reap_blocking();
+  auto status = instance->process->reap_blocking();
+  {
+    // A shutdown that took it into its group waits for a status.
+    std::lock_guard<std::mutex> lock(instance->mutex);
+    instance->status = status ? *status : ExitStatus{ExitStatus::Kind::Signaled, 9, true};
+    instance->changed.notify_all();
+  }
   std::lock_guard<std::mutex> lock(lifecycle_mutex_);
   unjoined_.erase(std::remove(unjoined_.begin(), unjoined_.end(), instance), unjoined_.end());
 }
@@ -268,9 +281,12 @@ void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
       record.level = level_;
       record.line = text;
       record.continuation = continuation;
-      record.timestamp = std::chrono::system_clock::now();
+      record.timestamp = received;
       sink_.write(record);
     }
+    // When the chunk being split was read: one clock read per read() rather
+    // than per line (per line it cost more than the rest of the forwarding).
+    std::chrono::system_clock::time_point received{};
 
    private:
     LogSink& sink_;
@@ -286,8 +302,10 @@ void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
   for (;;) {
     std::ptrdiff_t count = pipe.read(buffer.get(), kReadChunkBytes);
     if (count <= 0) break;
+    forwarder.received = std::chrono::system_clock::now();
     splitter.feed(std::string_view(buffer.get(), static_cast<std::size_t>(count)));
   }
+  forwarder.received = std::chrono::system_clock::now();
   splitter.finish();
 
   bool finished;
@@ -307,17 +325,23 @@ void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
 void LocalProcessBackend::Impl::on_exit_signalled(const InstancePtr& instance) {
   auto status = instance->process->try_reap();
   if (!status) return;
+  // Out of the live map before the status is published: whoever waits for the
+  // status (stop_instance, the shutdown) must not list it afterwards.
+  {
+    std::unique_lock<std::shared_mutex> lock(instances_mutex_);
+    instances_.erase(instance->handle.instance_id);
+  }
+  // Status and report are published under the supervisor's lock in one step:
+  // otherwise a destroying supervisor could see the status (so join it and
+  // find nothing left) before the report is queued, and exit without ever
+  // reporting this exit. Lock order: lifecycle_mutex_, then instance->mutex.
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
   {
     std::lock_guard<std::mutex> lock(instance->mutex);
     status->forced = instance->killed;
     instance->status = status;
     instance->changed.notify_all();
   }
-  {
-    std::unique_lock<std::shared_mutex> lock(instances_mutex_);
-    instances_.erase(instance->handle.instance_id);
-  }
-  std::lock_guard<std::mutex> lock(lifecycle_mutex_);
   exit_reports_.push_back({instance, Clock::now() + options_.drain_timeout});
   supervisor_wake_.notify_all();
 }

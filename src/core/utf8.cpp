@@ -1,5 +1,8 @@
 #include "core/utf8.hpp"
 
+#include <cstdint>
+#include <cstring>
+
 namespace modkit::utf8 {
 namespace {
 
@@ -47,11 +50,54 @@ std::size_t maximal_subpart(std::string_view text, std::size_t i) {
   return n;
 }
 
+// True if none of the 16 bytes at `p` has its high bit set (all ASCII).
+bool ascii16(const char* p) {
+  std::uint64_t a, b;
+  std::memcpy(&a, p, 8);
+  std::memcpy(&b, p + 8, 8);
+  return ((a | b) & 0x8080808080808080ULL) == 0;
+}
+
+// True if every byte of `text` is ASCII, checked a word at a time; the
+// last word overlaps the previous one instead of a byte-by-byte tail.
+bool all_ascii(std::string_view text) {
+  const char* p = text.data();
+  std::size_t n = text.size();
+  if (n >= 16) {
+    for (std::size_t i = 0; i + 16 <= n; i += 16) {
+      if (!ascii16(p + i)) return false;
+    }
+    return ascii16(p + n - 16);
+  }
+  constexpr std::uint64_t kHigh64 = 0x8080808080808080ULL;
+  constexpr std::uint32_t kHigh32 = 0x80808080U;
+  if (n >= 8) {
+    std::uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + n - 8, 8);
+    return ((a | b) & kHigh64) == 0;
+  }
+  if (n >= 4) {
+    std::uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    return ((a | b) & kHigh32) == 0;
+  }
+  unsigned char bits = 0;
+  for (std::size_t i = 0; i < n; ++i) bits |= static_cast<unsigned char>(p[i]);
+  return bits < 0x80;
+}
+
 }  // namespace
 
 std::string_view sanitize(std::string_view text, std::string& scratch) {
+  // Log lines are mostly ASCII: this runs on every line a child writes, and a
+  // byte-by-byte check was the reader thread's largest cost.
+  if (all_ascii(text)) return text;
   std::size_t i = 0;
   while (i < text.size()) {
+    while (i + 16 <= text.size() && ascii16(text.data() + i)) i += 16;
+    if (i == text.size()) break;
     if (static_cast<unsigned char>(text[i]) < 0x80) {
       ++i;
       continue;

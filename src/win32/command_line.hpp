@@ -20,7 +20,18 @@ void append_quoted_argument(std::string& command_line, std::string_view argument
 /// Returns false if `program` cannot be represented (it contains a '"').
 bool build_command_line(std::string_view program, const std::vector<std::string>& args, std::string& out);
 
-/// True for a target that cmd.exe would run (.bat or .cmd, any case).
+/// True for a target that cmd.exe would run (.bat or .cmd, any case). Trailing
+/// dots and spaces are ignored, as the Windows file system ignores them
+/// ("x.bat. " opens "x.bat").
 bool is_batch_file(std::string_view path);
+
+/// The reference parser: splits a command line the way the MSVC C runtime
+/// (2008 and later) and CommandLineToArgvW do for every command line that
+/// build_command_line produces. argv[0] by the program rules, then each
+/// argument (2n backslashes + '"' give n backslashes and a quote toggle,
+/// 2n+1 give n and a literal '"', other backslashes are literal, '""' inside
+/// quotes is a literal '"'). Used to check build_command_line on every
+/// platform (unit tests, fuzzer); spawning never needs it.
+std::vector<std::string> parse_command_line(std::string_view command_line);
 
 }  // namespace modkit::win32

@@ -10,12 +10,27 @@
 #include <chrono>
 
 #ifdef _WIN32
+#include <fcntl.h>
 #include <io.h>
 #include <process.h>
 #include <windows.h>
+#include <shellapi.h>
+
+#include <vector>
 #define write _write
+
+// The C runtime's own parse of the wide command line (msvcrt.dll exports it;
+// MinGW declares it only in an internal header).
+extern "C" {
+struct modkit_startupinfo {
+  int newmode;
+};
+__declspec(dllimport) int __cdecl __wgetmainargs(int* argc, wchar_t*** argv, wchar_t*** env, int glob,
+                                                 modkit_startupinfo* info);
+}
 #else
 #include <dirent.h>
+#include <errno.h>
 #include <sys/wait.h>
 #include <unistd.h>
 extern char** environ;
@@ -44,6 +59,54 @@ void sleep_seconds(double seconds) {
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
+#ifdef _WIN32
+std::string narrow(const wchar_t* text, int length = -1) {
+  int size = WideCharToMultiByte(CP_UTF8, 0, text, length, nullptr, 0, nullptr, nullptr);
+  std::string result(static_cast<std::size_t>(size > 0 ? size : 0), '\0');
+  if (size > 0) WideCharToMultiByte(CP_UTF8, 0, text, length, result.data(), size, nullptr, nullptr);
+  if (length < 0 && !result.empty()) result.pop_back();  // the NUL
+  return result;
+}
+
+std::wstring widen(const std::string& text) {
+  int size = MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), nullptr, 0);
+  std::wstring result(static_cast<std::size_t>(size), L'\0');
+  MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), result.data(), size);
+  return result;
+}
+
+// The environment block's entries, in block order ("=C:=..." entries too).
+std::vector<std::string> environment_entries() {
+  std::vector<std::string> entries;
+  wchar_t* block = GetEnvironmentStringsW();
+  for (const wchar_t* entry = block; entry && *entry; entry += wcslen(entry) + 1) entries.push_back(narrow(entry));
+  if (block) FreeEnvironmentStringsW(block);
+  return entries;
+}
+
+BOOL WINAPI ignore_console_events(DWORD) { return TRUE; }
+
+// Starts this program again with `script`, in this process's job and console
+// group, inheriting its standard handles (so it holds the output pipes, as a
+// forked POSIX grandchild does). Returns its pid, or 0.
+unsigned long start_grandchild(const std::string& script) {
+  wchar_t self[MAX_PATH];
+  GetModuleFileNameW(nullptr, self, MAX_PATH);
+  std::wstring line = L"\"" + std::wstring(self) + L"\" " + widen(script);
+  STARTUPINFOW startup{};
+  startup.cb = sizeof startup;
+  startup.dwFlags = STARTF_USESTDHANDLES;
+  startup.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
+  startup.hStdOutput = GetStdHandle(STD_OUTPUT_HANDLE);
+  startup.hStdError = GetStdHandle(STD_ERROR_HANDLE);
+  PROCESS_INFORMATION info{};
+  if (!CreateProcessW(self, line.data(), nullptr, nullptr, TRUE, 0, nullptr, nullptr, &startup, &info)) return 0;
+  CloseHandle(info.hThread);
+  CloseHandle(info.hProcess);
+  return info.dwProcessId;
+}
+#endif
+
 std::string hex(const std::string& text) {
   static const char digits[] = "0123456789abcdef";
   std::string result;
@@ -57,6 +120,27 @@ std::string hex(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef _WIN32
+  // Binary mode: the bytes written are the bytes read (no CRLF translation).
+  _setmode(0, _O_BINARY);
+  _setmode(1, _O_BINARY);
+  _setmode(2, _O_BINARY);
+  // UTF-8 arguments from the runtime's parse of the wide command line (the
+  // narrow argv would lose every character outside the ANSI code page).
+  int wide_argc = 0;
+  wchar_t** wide_argv = nullptr;
+  wchar_t** wide_env = nullptr;
+  modkit_startupinfo startup_info{0};
+  std::vector<std::string> arguments;
+  std::vector<char*> argument_pointers;
+  if (__wgetmainargs(&wide_argc, &wide_argv, &wide_env, 0, &startup_info) == 0 && wide_argv) {
+    for (int k = 0; k < wide_argc; ++k) arguments.push_back(narrow(wide_argv[k]));
+    for (auto& argument : arguments) argument_pointers.push_back(argument.data());
+    argument_pointers.push_back(nullptr);
+    argc = wide_argc;
+    argv = argument_pointers.data();
+  }
+#endif
   for (int i = 1; i < argc; ++i) {
     std::string command = argv[i];
     if (command == "lines") {  // lines N: "line 1" .. "line N" on stdout
@@ -95,20 +179,36 @@ int main(int argc, char** argv) {
     } else if (command == "exit") {
       return static_cast<int>(number(argc, argv, ++i));
     } else if (command == "argv") {  // every argument after it, hex-encoded, one per line
+#ifdef _WIN32
+      // The two Windows parsers (the C runtime's and CommandLineToArgvW) must agree.
+      int shell_argc = 0;
+      wchar_t** shell_argv = CommandLineToArgvW(GetCommandLineW(), &shell_argc);
+      bool agree = shell_argv != nullptr && shell_argc == argc;
+      for (int k = 1; agree && k < argc; ++k) agree = narrow(shell_argv[k]) == argv[k];
+      if (shell_argv) LocalFree(shell_argv);
+      if (!agree) out(1, "parsers disagree\n");
+#endif
       for (int k = i + 1; k < argc; ++k) out(1, "arg " + hex(argv[k]) + "\n");
       return 0;
     } else if (command == "cwd") {
 #ifdef _WIN32
-      char buffer[4096];
-      GetCurrentDirectoryA(sizeof buffer, buffer);
+      wchar_t buffer[4096];
+      DWORD length = GetCurrentDirectoryW(4096, buffer);
+      out(1, "cwd " + narrow(buffer, static_cast<int>(length)) + "\n");
 #else
       char buffer[4096];
       if (getcwd(buffer, sizeof buffer) == nullptr) buffer[0] = 0;
-#endif
       out(1, std::string("cwd ") + buffer + "\n");
+#endif
     } else if (command == "env") {  // env NAME: "env NAME=value" or "env NAME unset"
       const char* name = argv[++i];
+#ifdef _WIN32
+      const wchar_t* wide_value = _wgetenv(widen(name).c_str());
+      std::string value_text = wide_value ? narrow(wide_value) : std::string();
+      const char* value = wide_value ? value_text.c_str() : nullptr;
+#else
       const char* value = std::getenv(name);
+#endif
       out(1, value ? "env " + std::string(name) + "=" + value + "\n" : "env " + std::string(name) + " unset\n");
 #ifndef _WIN32
     } else if (command == "env-count") {
@@ -153,15 +253,65 @@ int main(int argc, char** argv) {
       out(1, "grandchild " + std::to_string(pid) + "\n");
     } else if (command == "daemon") {  // daemon SECONDS: a grandchild in its own session, holding the pipes
       double seconds = std::strtod(argv[++i], nullptr);
+      int ready[2];
+      if (pipe(ready) != 0) return 97;
       pid_t pid = fork();
       if (pid == 0) {
         setsid();
+        close(ready[0]);
+        close(ready[1]);  // tells the parent it has left the process group
         sleep_seconds(seconds);
         _exit(0);
       }
-      out(1, "daemon " + std::to_string(pid) + "\n");
+      close(ready[1]);
+      char byte;
+      while (read(ready[0], &byte, 1) < 0 && errno == EINTR) {
+      }
+      close(ready[0]);
+      out(1, "daemon " + std::to_string(pid) + "\n");  // only once it is outside the group
+    } else if (command == "fd-target") {  // fd-target N: "fd N -> TARGET" (readlink of /proc/self/fd/N)
+      std::string fd = std::to_string(number(argc, argv, ++i));
+      char target[4096];
+      ssize_t length = readlink(("/proc/self/fd/" + fd).c_str(), target, sizeof target - 1);
+      target[length > 0 ? length : 0] = 0;
+      out(1, "fd " + fd + " -> " + (length > 0 ? target : "closed") + "\n");
     } else if (command == "close-stdout") {
       close(1);
+    } else if (command == "huge-raw") {  // huge-raw N: N 'x' bytes on stdout, no newline
+      long count = number(argc, argv, ++i);
+      std::string chunk(65536, 'x');
+      for (long left = count; left > 0; left -= 65536) out(1, chunk.substr(0, static_cast<std::size_t>(left < 65536 ? left : 65536)));
+#else
+    } else if (command == "env-count") {  // variables, without the hidden "=C:=..." entries
+      long count = 0;
+      for (const auto& entry : environment_entries()) count += entry.empty() || entry[0] == '=' ? 0 : 1;
+      out(1, "env-count " + std::to_string(count) + "\n");
+    } else if (command == "env-dump") {  // "envvar NAME=value" for each entry, in block order
+      for (const auto& entry : environment_entries()) {
+        if (!entry.empty() && entry[0] != '=') out(1, "envvar " + entry + "\n");
+      }
+    } else if (command == "pid") {
+      out(1, "pid " + std::to_string(GetCurrentProcessId()) + "\n");
+    } else if (command == "ignore-term") {  // Windows: ignore CTRL_BREAK (the text is the POSIX one)
+      SetConsoleCtrlHandler(ignore_console_events, TRUE);
+      out(1, "ignoring SIGTERM\n");
+    } else if (command == "ignore-break-quietly") {
+      SetConsoleCtrlHandler(ignore_console_events, TRUE);
+    } else if (command == "grandchild") {  // grandchild SECONDS: a child that ignores CTRL_BREAK and sleeps
+      std::string seconds = argv[++i];
+      out(1, "grandchild " + std::to_string(start_grandchild("ignore-break-quietly sleep " + seconds)) + "\n");
+    } else if (command == "fd-target") {  // fd-target N: "fd N -> pipe:" / "char:" / "disk:" / "closed"
+      int fd = static_cast<int>(number(argc, argv, ++i));
+      auto handle = reinterpret_cast<HANDLE>(_get_osfhandle(fd));
+      DWORD type = handle == INVALID_HANDLE_VALUE ? FILE_TYPE_UNKNOWN : GetFileType(handle);
+      const char* kind = type == FILE_TYPE_PIPE ? "pipe:" : type == FILE_TYPE_CHAR ? "char:" : type == FILE_TYPE_DISK ? "disk:" : "closed";
+      out(1, "fd " + std::to_string(fd) + " -> " + kind + "\n");
+    } else if (command == "close-stdout") {
+      _close(1);
+    } else if (command == "huge-raw") {  // huge-raw N: N 'x' bytes on stdout, no newline
+      long count = number(argc, argv, ++i);
+      std::string chunk(65536, 'x');
+      for (long left = count; left > 0; left -= 65536) out(1, chunk.substr(0, static_cast<std::size_t>(left < 65536 ? left : 65536)));
 #endif
     } else if (command == "read-stdin") {  // read stdin to EOF, then go on
       char buffer[256];

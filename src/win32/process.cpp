@@ -1,0 +1,460 @@
+// Win32 process creation.
+//
+// Each child is created with CreateProcessW from UTF-16 strings, suspended,
+// with STARTUPINFOEXW and PROC_THREAD_ATTRIBUTE_HANDLE_LIST so it inherits
+// exactly its three standard handles (even while other threads spawn), in a
+// new console process group; it is then put in its own Job object
+// (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: stopping kills the whole tree, and if
+// the host dies its children die with it) and only then resumed, so no
+// descendant can escape the job.
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "platform/process.hpp"
+#include "platform/system.hpp"
+#include "win32/command_line.hpp"
+#include "win32/environment_block.hpp"
+#include "win32/pipe_reader.hpp"
+#include "win32/process_handle.hpp"
+#include "win32/windows_util.hpp"
+
+namespace modkit::platform {
+namespace {
+
+using win32::UniqueHandle;
+
+// --- Errors ------------------------------------------------------------------
+
+Error spawn_error(const SpawnRequest& request, const std::string& what, DWORD error) {
+  return Error{win32::win32_error(error), "module '" + request.module + "': " + what + ": " + win32::system_message(error)};
+}
+
+Error invalid_text(const SpawnRequest& request, const std::string& what) {
+  return make_error(std::errc::invalid_argument, "module '" + request.module + "': " + what + " is not valid UTF-8");
+}
+
+// --- Strings -----------------------------------------------------------------
+
+std::wstring to_wstring(std::u16string_view text) { return std::wstring(text.begin(), text.end()); }
+
+// Windows' own order for variable names: ordinal, both sides upper-cased.
+int compare_names_windows(std::u16string_view a, std::u16string_view b) {
+  if (a.empty() || b.empty()) return win32::compare_names_ascii(a, b);
+  int result = CompareStringOrdinal(reinterpret_cast<const wchar_t*>(a.data()), static_cast<int>(a.size()),
+                                    reinterpret_cast<const wchar_t*>(b.data()), static_cast<int>(b.size()), TRUE);
+  if (result == 0) return win32::compare_names_ascii(a, b);
+  return result - CSTR_EQUAL;
+}
+
+std::vector<std::u16string> host_environment() {
+  wchar_t* block = GetEnvironmentStringsW();
+  auto entries = win32::split_environment_block(reinterpret_cast<const char16_t*>(block));
+  if (block != nullptr) FreeEnvironmentStringsW(block);
+  return entries;
+}
+
+std::optional<std::wstring> host_variable(const wchar_t* name) {
+  DWORD size = GetEnvironmentVariableW(name, nullptr, 0);
+  if (size == 0) return std::nullopt;
+  std::wstring value(size, L'\0');
+  DWORD length = GetEnvironmentVariableW(name, value.data(), size);
+  if (length == 0 || length >= size) return std::nullopt;
+  value.resize(length);
+  return value;
+}
+
+// --- Files ---------------------------------------------------------------------
+
+bool is_file(const std::wstring& path) {
+  DWORD attributes = GetFileAttributesW(path.c_str());
+  return attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) == 0;
+}
+
+bool has_directory(std::wstring_view path) { return path.find_first_of(L"/\\:") != std::wstring_view::npos; }
+
+bool has_extension(std::wstring_view path) {
+  std::size_t last_separator = path.find_last_of(L"/\\:");
+  std::size_t dot = path.find_last_of(L'.');
+  return dot != std::wstring_view::npos && (last_separator == std::wstring_view::npos || dot > last_separator);
+}
+
+std::vector<std::wstring> split_list(std::wstring_view list) {
+  std::vector<std::wstring> parts;
+  for (;;) {
+    std::size_t semicolon = list.find(L';');
+    std::wstring_view part = list.substr(0, semicolon);
+    if (part.size() >= 2 && part.front() == L'"' && part.back() == L'"') part = part.substr(1, part.size() - 2);
+    if (!part.empty()) parts.emplace_back(part);
+    if (semicolon == std::wstring_view::npos) break;
+    list.remove_prefix(semicolon + 1);
+  }
+  return parts;
+}
+
+// The file `base` names: itself if it has an extension, else with each
+// PATHEXT extension in turn (then itself, for a path with a directory).
+std::optional<std::wstring> find_candidate(const std::wstring& base, const std::vector<std::wstring>& extensions,
+                                           bool allow_bare) {
+  if (has_extension(base) && is_file(base)) return base;
+  for (const auto& extension : extensions) {
+    std::wstring candidate = base + extension;
+    if (is_file(candidate)) return candidate;
+  }
+  if (allow_bare && !has_extension(base) && is_file(base)) return base;
+  return std::nullopt;
+}
+
+// A name without a directory is looked up on the PATH the child will have
+// (else the host's), directory by directory, trying the PATHEXT extensions.
+// Unlike CreateProcess's own search, neither the host's directory nor the
+// current directory is searched: what runs is what PATH says.
+Result<std::wstring> resolve_binary(const SpawnRequest& request, const std::wstring& binary,
+                                    const std::vector<std::u16string>& environment) {
+  std::optional<std::wstring> pathext;
+  if (auto value = win32::find_environment_value(environment, u"PATHEXT", compare_names_windows)) {
+    pathext = to_wstring(*value);
+  } else {
+    pathext = host_variable(L"PATHEXT");
+  }
+  std::vector<std::wstring> extensions = split_list(pathext ? *pathext : L".COM;.EXE;.BAT;.CMD");
+
+  if (has_directory(binary)) {
+    if (auto found = find_candidate(binary, extensions, true)) return *found;
+    return binary;  // CreateProcessW reports what is wrong with it
+  }
+  std::optional<std::wstring> search;
+  if (auto value = win32::find_environment_value(environment, u"PATH", compare_names_windows)) {
+    search = to_wstring(*value);
+  } else {
+    search = host_variable(L"PATH");
+  }
+  for (const auto& directory : split_list(search ? *search : L"")) {
+    std::wstring base = directory;
+    if (base.back() != L'\\' && base.back() != L'/') base += L'\\';
+    base += binary;
+    if (auto found = find_candidate(base, extensions, false)) return *found;
+  }
+  return Error{std::make_error_code(std::errc::no_such_file_or_directory),
+               "module '" + request.module + "': '" + request.binary + "' not found on PATH (" +
+                   win32::narrow(search ? *search : L"") + ")"};
+}
+
+Result<std::optional<std::wstring>> check_working_directory(const SpawnRequest& request) {
+  if (!request.working_directory) return std::optional<std::wstring>();
+  auto wide = win32::widen(*request.working_directory);
+  if (!wide) return invalid_text(request, "working directory");
+  DWORD attributes = GetFileAttributesW(wide->c_str());
+  if (attributes == INVALID_FILE_ATTRIBUTES) {
+    return spawn_error(request, "working directory '" + *request.working_directory + "' is not usable", GetLastError());
+  }
+  if ((attributes & FILE_ATTRIBUTE_DIRECTORY) == 0) {
+    return spawn_error(request, "working directory '" + *request.working_directory + "' is not a directory",
+                       ERROR_DIRECTORY);
+  }
+  return std::optional<std::wstring>(std::move(*wide));
+}
+
+// True when this process has a console its children can share (and so
+// receive CTRL_BREAK through). Without one, a console child would get a new
+// console window: CREATE_NO_WINDOW keeps it hidden.
+bool host_has_console() { return GetConsoleWindow() != nullptr || GetConsoleCP() != 0; }
+
+// --- The process --------------------------------------------------------------
+
+class Win32Process final : public Process {
+ public:
+  Win32Process(DWORD pid, UniqueHandle process, UniqueHandle job, GracefulStop graceful_stop,
+               UniqueHandle stdin_write, std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err)
+      : pid_(pid),
+        process_(std::move(process)),
+        job_(std::move(job)),
+        graceful_stop_(graceful_stop),
+        stdin_write_(std::move(stdin_write)),
+        stdout_(std::move(out)),
+        stderr_(std::move(err)) {}
+
+  ~Win32Process() override {
+    if (!reaped_) {
+      kill_tree();
+      reap_blocking();
+    }
+    // Closing the job handle (last) kills whatever is left of the tree:
+    // JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE.
+  }
+
+  std::int64_t pid() const override { return pid_; }
+  std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
+  std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
+  HANDLE handle() const { return process_.get(); }
+
+  bool request_stop() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (reaped_) return false;
+    switch (graceful_stop_) {
+      case GracefulStop::Signal:
+        // The child leads its own console process group (CREATE_NEW_PROCESS_GROUP),
+        // whose id is its pid. Fails when we share no console with it: then
+        // there is nothing to wait for. (Wine accepts it but never delivers it.)
+        return GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid_) != 0;
+      case GracefulStop::CloseStdin:
+        stdin_write_.reset();
+        return true;
+      case GracefulStop::None:
+        return false;
+    }
+    return false;
+  }
+
+  void kill_tree() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!reaped_) killed_ = true;
+    TerminateJobObject(job_.get(), win32::kKillExitCode);
+  }
+
+  std::optional<ExitStatus> try_reap() override { return reap(false); }
+  std::optional<ExitStatus> reap_blocking() override { return reap(true); }
+
+ private:
+  std::optional<ExitStatus> reap(bool block) {
+    // The process handle keeps the pid from being reused, so waiting on it
+    // outside the lock is safe; kill_tree stays callable meanwhile.
+    if (WaitForSingleObject(process_.get(), block ? INFINITE : 0) != WAIT_OBJECT_0) return std::nullopt;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (reaped_) return std::nullopt;
+    reaped_ = true;
+    stdin_write_.reset();
+    DWORD code = 0;
+    if (!GetExitCodeProcess(process_.get(), &code)) return ExitStatus{ExitStatus::Kind::Exited, -1, false};
+    ExitStatus status;
+    if (killed_ && code == win32::kKillExitCode) {
+      status.kind = ExitStatus::Kind::Signaled;
+      status.code = 9;  // SIGKILL's number: what a POSIX host reports for the same stop
+    } else if (code == win32::kControlExitCode) {
+      status.kind = ExitStatus::Kind::Signaled;  // ended by a console control event's default handler
+      status.code = win32::kBreakSignal;
+    } else {
+      status.kind = ExitStatus::Kind::Exited;
+      status.code = static_cast<int>(code);  // NTSTATUS codes (crashes) come out negative
+    }
+    return status;
+  }
+
+  const DWORD pid_;
+  UniqueHandle process_;
+  UniqueHandle job_;
+  const GracefulStop graceful_stop_;
+  std::mutex mutex_;
+  bool reaped_ = false;
+  bool killed_ = false;
+  UniqueHandle stdin_write_;
+  std::unique_ptr<PipeReader> stdout_, stderr_;
+};
+
+// RAII for the attribute list of STARTUPINFOEXW.
+class AttributeList {
+ public:
+  AttributeList() {
+    SIZE_T size = 0;
+    InitializeProcThreadAttributeList(nullptr, 1, 0, &size);
+    storage_.reset(new (std::nothrow) std::max_align_t[size / sizeof(std::max_align_t) + 1]);
+    if (!storage_) return;
+    auto* list = reinterpret_cast<LPPROC_THREAD_ATTRIBUTE_LIST>(storage_.get());
+    if (InitializeProcThreadAttributeList(list, 1, 0, &size)) list_ = list;
+  }
+  ~AttributeList() {
+    if (list_) DeleteProcThreadAttributeList(list_);
+  }
+  AttributeList(const AttributeList&) = delete;
+  AttributeList& operator=(const AttributeList&) = delete;
+  LPPROC_THREAD_ATTRIBUTE_LIST get() const { return list_; }
+
+ private:
+  std::unique_ptr<std::max_align_t[]> storage_;
+  LPPROC_THREAD_ATTRIBUTE_LIST list_ = nullptr;
+};
+
+// Kills and reaps a child that was created but cannot be handed out.
+void discard_child(const PROCESS_INFORMATION& info) {
+  TerminateProcess(info.hProcess, win32::kKillExitCode);
+  WaitForSingleObject(info.hProcess, INFINITE);
+  CloseHandle(info.hThread);
+  CloseHandle(info.hProcess);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
+  // 1. Every string in UTF-16, the environment, the program.
+  auto working_directory = check_working_directory(request);
+  if (!working_directory) return std::move(working_directory).error();
+  auto binary = win32::widen(request.binary);
+  if (!binary) return invalid_text(request, "binary path");
+
+  std::vector<std::pair<std::u16string, std::u16string>> overrides;
+  for (const auto& [key, value] : request.env) {
+    std::u16string wide_key, wide_value;
+    if (!win32::utf8_to_utf16(key, wide_key)) return invalid_text(request, "an environment variable name");
+    if (!win32::utf8_to_utf16(value, wide_value)) {
+      return invalid_text(request, "the value of environment variable '" + key + "'");
+    }
+    overrides.emplace_back(std::move(wide_key), std::move(wide_value));
+  }
+  std::vector<std::u16string> environment =
+      win32::merge_environment(host_environment(), overrides, request.clear_environment, compare_names_windows);
+  std::wstring environment_block = to_wstring(win32::environment_block(environment));
+
+  auto path = resolve_binary(request, *binary, environment);
+  if (!path) return std::move(path).error();
+  std::string path_text = win32::narrow(*path);
+
+  std::wstring application = *path;
+  std::string command_line;
+  if (!win32::build_command_line(request.binary, request.args, command_line)) {
+    return make_error(std::errc::invalid_argument,
+                      "module '" + request.module + "': binary path '" + request.binary + "' contains a '\"'");
+  }
+  if (win32::is_batch_file(path_text)) {
+    if (!request.allow_batch_files) {
+      return make_error(std::errc::operation_not_permitted,
+                        "module '" + request.module + "': refusing to run batch file '" + path_text +
+                            "': cmd.exe re-parses its arguments, so they could inject commands "
+                            "(set allow_batch_files to run it anyway)");
+    }
+    // Opted in: run it through cmd.exe explicitly (/d: no AutoRun, /s /c: the
+    // outer quotes are stripped and the rest run as written). The arguments
+    // are quoted for the CRT, which is NOT safe against cmd.exe's own parsing
+    // (%VAR%, ^, &, |): that is the risk the caller accepted.
+    auto comspec = host_variable(L"ComSpec");
+    if (!comspec) {
+      wchar_t system_directory[MAX_PATH];
+      UINT length = GetSystemDirectoryW(system_directory, MAX_PATH);
+      comspec = std::wstring(system_directory, length) + L"\\cmd.exe";
+    }
+    application = *comspec;
+    std::string inner;
+    win32::build_command_line(path_text, request.args, inner);
+    command_line = "cmd.exe /d /e:ON /v:OFF /s /c \"" + inner + "\"";
+  }
+  auto wide_command_line = win32::widen(command_line);
+  if (!wide_command_line) return invalid_text(request, "an argument");
+  constexpr std::size_t kMaxCommandLine = 32767;  // UNICODE_STRING's limit, with the final NUL
+  if (wide_command_line->size() >= kMaxCommandLine) {
+    return make_error(std::errc::argument_list_too_long,
+                      "module '" + request.module + "': the command line is " +
+                          std::to_string(wide_command_line->size()) + " UTF-16 units long; Windows allows " +
+                          std::to_string(kMaxCommandLine - 1));
+  }
+
+  // 2. The child's standard handles. They are created non-inheritable and
+  // made inheritable just before CreateProcessW; the handle list restricts
+  // inheritance to exactly these three.
+  UniqueHandle stdin_read, stdin_write;
+  if (request.graceful_stop == GracefulStop::CloseStdin) {
+    HANDLE read_end = nullptr, write_end = nullptr;
+    if (!CreatePipe(&read_end, &write_end, nullptr, 0)) return spawn_error(request, "cannot create pipes", GetLastError());
+    stdin_read.reset(read_end);
+    stdin_write.reset(write_end);
+  } else {
+    stdin_read.reset(CreateFileW(L"NUL", GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE, nullptr, OPEN_EXISTING,
+                                 FILE_ATTRIBUTE_NORMAL, nullptr));
+    if (!stdin_read) {
+      stdin_read.release();
+      return spawn_error(request, "cannot open NUL", GetLastError());
+    }
+  }
+  win32::OverlappedPipe out, err;
+  if (DWORD error = win32::make_overlapped_pipe(out, false)) return spawn_error(request, "cannot create pipes", error);
+  if (DWORD error = win32::make_overlapped_pipe(err, false)) return spawn_error(request, "cannot create pipes", error);
+  UniqueHandle interrupt(CreateEventW(nullptr, TRUE, FALSE, nullptr));
+  UniqueHandle out_event(CreateEventW(nullptr, TRUE, FALSE, nullptr));
+  UniqueHandle err_event(CreateEventW(nullptr, TRUE, FALSE, nullptr));
+  if (!interrupt || !out_event || !err_event) return spawn_error(request, "cannot create events", GetLastError());
+
+  HANDLE inherited[3] = {stdin_read.get(), out.write_end.get(), err.write_end.get()};
+  for (HANDLE handle : inherited) {
+    if (!SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)) {
+      return spawn_error(request, "cannot prepare the child's handles", GetLastError());
+    }
+  }
+  AttributeList attributes;
+  if (!attributes.get() ||
+      !UpdateProcThreadAttribute(attributes.get(), 0, PROC_THREAD_ATTRIBUTE_HANDLE_LIST, inherited, sizeof inherited,
+                                 nullptr, nullptr)) {
+    return spawn_error(request, "cannot prepare the child's handle list", GetLastError());
+  }
+
+  STARTUPINFOEXW startup{};
+  startup.StartupInfo.cb = sizeof startup;
+  startup.StartupInfo.dwFlags = STARTF_USESTDHANDLES;
+  startup.StartupInfo.hStdInput = inherited[0];
+  startup.StartupInfo.hStdOutput = inherited[1];
+  startup.StartupInfo.hStdError = inherited[2];
+  startup.lpAttributeList = attributes.get();
+
+  DWORD flags = CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT | CREATE_NEW_PROCESS_GROUP;
+  if (!host_has_console()) flags |= CREATE_NO_WINDOW;
+
+  // 3. Create it suspended, put it in its job, then let it run.
+  PROCESS_INFORMATION info{};
+  BOOL created = CreateProcessW(application.c_str(), wide_command_line->data(), nullptr, nullptr, TRUE, flags,
+                                environment_block.data(), *working_directory ? (*working_directory)->c_str() : nullptr,
+                                &startup.StartupInfo, &info);
+  DWORD create_error = created ? 0 : GetLastError();
+  // Our copies of the child's ends go now (on failure too).
+  stdin_read.reset();
+  out.write_end.reset();
+  err.write_end.reset();
+  if (!created) {
+    std::string what = "cannot execute '" + path_text + "'";
+    DWORD attributes_of_path = GetFileAttributesW(path->c_str());
+    if (attributes_of_path != INVALID_FILE_ATTRIBUTES && (attributes_of_path & FILE_ATTRIBUTE_DIRECTORY) != 0) {
+      what += " (it is a directory)";
+    }
+    return spawn_error(request, what, create_error);
+  }
+
+  UniqueHandle job(CreateJobObjectW(nullptr, nullptr));
+  DWORD job_error = 0;
+  if (!job) {
+    job_error = GetLastError();
+  } else {
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION limits{};
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    if (!SetInformationJobObject(job.get(), JobObjectExtendedLimitInformation, &limits, sizeof limits) ||
+        !AssignProcessToJobObject(job.get(), info.hProcess)) {
+      job_error = GetLastError();
+    }
+  }
+  if (job_error != 0) {
+    discard_child(info);
+    return spawn_error(request, "cannot put '" + path_text + "' in a job object", job_error);
+  }
+  if (ResumeThread(info.hThread) == static_cast<DWORD>(-1)) {
+    DWORD error = GetLastError();
+    discard_child(info);
+    return spawn_error(request, "cannot start '" + path_text + "'", error);
+  }
+  CloseHandle(info.hThread);
+
+  auto shared_interrupt = std::make_shared<UniqueHandle>(std::move(interrupt));
+  auto stdout_reader =
+      std::make_unique<win32::Win32PipeReader>(std::move(out.read_end), std::move(out_event), shared_interrupt);
+  auto stderr_reader =
+      std::make_unique<win32::Win32PipeReader>(std::move(err.read_end), std::move(err_event), shared_interrupt);
+  return std::unique_ptr<Process>(std::make_unique<Win32Process>(
+      info.dwProcessId, UniqueHandle(info.hProcess), std::move(job), request.graceful_stop, std::move(stdin_write),
+      std::move(stdout_reader), std::move(stderr_reader)));
+}
+
+}  // namespace modkit::platform
+
+namespace modkit::win32 {
+
+HANDLE native_process_handle(platform::Process& process) {
+  return static_cast<platform::Win32Process&>(process).handle();
+}
+
+}  // namespace modkit::win32
