@@ -294,8 +294,10 @@ class ModuleRuntimeBackend {
   /// the program cannot be executed (the message names the path and the cause).
   virtual Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) = 0;
   /// Stops an instance: graceful step, grace period, then kill; returns once it
-  /// has been reaped and its output drained. An unknown or already-exited
-  /// instance is not an error: the result is then empty.
+  /// has been reaped and its output drained, with its exit status. An instance
+  /// that has exited but whose output a descendant still holds open is treated
+  /// the same way (its tree is killed, its status returned). An unknown or
+  /// already finished instance is not an error: the result is then empty.
   virtual Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) = 0;
   /// The live instances of `module`.
   virtual Result<std::vector<InstanceHandle>> list_instances(std::string_view module) = 0;

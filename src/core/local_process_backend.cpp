@@ -31,7 +31,10 @@ using Clock = std::chrono::steady_clock;
 // Once killed, a child is gone within milliseconds unless the kernel is stuck
 // (uninterruptible sleep); this bounds how long we wait for that.
 constexpr std::chrono::seconds kReapAfterKillBound{10};
-constexpr std::size_t kReadChunkBytes = 32 * 1024;
+// One pipe's default capacity (64 KiB): a busy child's output is taken in as
+// few read() calls as possible (each costs as much as splitting ~100 lines).
+// The buffer's pages are only touched once that much output arrives.
+constexpr std::size_t kReadChunkBytes = 64 * 1024;
 
 struct Instance {
   InstanceHandle handle;
@@ -72,7 +75,7 @@ class LocalProcessBackend::Impl {
     registration_ = token_.on_cancel([this] {
       std::lock_guard<std::mutex> lock(lifecycle_mutex_);
       cancel_seen_ = true;
-      supervisor_wake_.notify_all();
+      wake_supervisor();
     });
   }
 
@@ -81,7 +84,7 @@ class LocalProcessBackend::Impl {
     {
       std::lock_guard<std::mutex> lock(lifecycle_mutex_);
       destroying_ = true;
-      supervisor_wake_.notify_all();
+      wake_supervisor();
     }
     supervisor_.join();
     if (monitor_) monitor_->shutdown();
@@ -123,6 +126,10 @@ class LocalProcessBackend::Impl {
   void stop_all(const std::vector<InstancePtr>& group, Clock::time_point deadline);
 
   void supervise();
+  void wake_supervisor() {  // with lifecycle_mutex_ held
+    ++wake_generation_;
+    supervisor_wake_.notify_all();
+  }
   void join_finished(std::unique_lock<std::mutex>& lock);
   std::optional<Clock::time_point> report_exits(std::unique_lock<std::mutex>& lock);
   void shutdown_everything();
@@ -139,6 +146,9 @@ class LocalProcessBackend::Impl {
 
   std::mutex lifecycle_mutex_;
   std::condition_variable supervisor_wake_;
+  // Bumped by every wake-up, so the supervisor notices one that came while it
+  // was working with the lock released (a plain wait() would miss it).
+  std::uint64_t wake_generation_ = 0;
   std::condition_variable shutdown_finished_;
   std::vector<InstancePtr> unjoined_;    // every instance whose readers are not joined yet
   // Reaped, exit not yet reported. A report waits for the output to drain
@@ -317,7 +327,7 @@ void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
   }
   if (finished) {
     std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
-    supervisor_wake_.notify_all();
+    wake_supervisor();
   }
 }
 
@@ -343,7 +353,7 @@ void LocalProcessBackend::Impl::on_exit_signalled(const InstancePtr& instance) {
     instance->changed.notify_all();
   }
   exit_reports_.push_back({instance, Clock::now() + options_.drain_timeout});
-  supervisor_wake_.notify_all();
+  wake_supervisor();
 }
 
 // ---------------------------------------------------------------------------
@@ -387,8 +397,13 @@ void LocalProcessBackend::Impl::stop_all(const std::vector<InstancePtr>& group, 
     Clock::time_point until = std::min(deadline, instance.stop_deadline);
     if (graceful[i]) instance.changed.wait_until(lock, until, [&] { return instance.status.has_value(); });
     if (!instance.status && !instance.killed) {
+      // Decide and kill under the one lock: several threads stopping the same
+      // instance at once must escalate (and report it) only once.
+      instance.killed = true;
+      instance.process->kill_tree();
       lock.unlock();
-      kill(instance, graceful[i] ? "grace period expired: escalated to SIGKILL" : "killed (no graceful step)");
+      log_event(&instance, LogLevel::Warn,
+                graceful[i] ? "grace period expired: escalated to SIGKILL" : "killed (no graceful step)");
     }
   }
   for (const auto& instance : group) {
@@ -461,6 +476,7 @@ std::vector<InstanceHandle> LocalProcessBackend::Impl::list(std::string_view mod
 void LocalProcessBackend::Impl::supervise() {
   std::unique_lock<std::mutex> lock(lifecycle_mutex_);
   for (;;) {
+    std::uint64_t seen = wake_generation_;
     std::optional<Clock::time_point> next_report = report_exits(lock);
     join_finished(lock);
     if ((cancel_seen_ || destroying_) && !shutdown_done_) {
@@ -472,10 +488,11 @@ void LocalProcessBackend::Impl::supervise() {
       continue;
     }
     if (destroying_ && unjoined_.empty() && exit_reports_.empty()) return;
+    auto woken = [&] { return wake_generation_ != seen; };
     if (next_report) {
-      supervisor_wake_.wait_until(lock, *next_report);
+      supervisor_wake_.wait_until(lock, *next_report, woken);
     } else {
-      supervisor_wake_.wait(lock);
+      supervisor_wake_.wait(lock, woken);
     }
   }
 }
