@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "platform/exit_monitor.hpp"
 #include "platform/system.hpp"
@@ -51,7 +52,7 @@ class PidfdExitMonitor final : public ExitMonitor {
       return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
     }
     int key = pidfd.get();
-    watched_.emplace(key, Entry{std::move(pidfd), std::move(on_exit)});
+    watched_.emplace(key, Entry{std::move(pidfd), static_cast<pid_t>(process.pid()), std::move(on_exit)});
     return {};
   }
 
@@ -68,8 +69,36 @@ class PidfdExitMonitor final : public ExitMonitor {
  private:
   struct Entry {
     UniqueFd pidfd;
+    pid_t pid;
     std::function<void()> on_exit;
   };
+
+  // The pidfd turns readable when the child exits, but a child that was being
+  // traced (a debugger, strace, a sanitizer's leak checker) at its exit cannot
+  // be reaped by us until its tracer lets go. Such an exit is deferred and
+  // checked again every few milliseconds instead of being reported too early
+  // (which would lose it: try_reap finds nothing, and the watch is gone).
+  static bool reapable(pid_t pid) {
+    siginfo_t info{};
+    int result;
+    do {
+      result = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (result != 0 && errno == EINTR);
+    return result != 0 || info.si_pid != 0;  // ECHILD: already reaped (SIGCHLD ignored)
+  }
+
+  // Runs the callback of watched_[fd] and forgets it; called without the lock.
+  void fire(int fd) {
+    std::function<void()> on_exit;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = watched_.find(fd);
+      if (it == watched_.end()) return;
+      on_exit = std::move(it->second.on_exit);
+      watched_.erase(it);  // closes the pidfd
+    }
+    on_exit();
+  }
 
   void run() {
     {
@@ -79,25 +108,43 @@ class PidfdExitMonitor final : public ExitMonitor {
       epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &event);
     }
     epoll_event events[64];
+    std::vector<int> deferred;  // pidfds of exited children not reapable yet
     for (;;) {
-      int count = epoll_wait(epoll_.get(), events, 64, -1);
+      int count = epoll_wait(epoll_.get(), events, 64, deferred.empty() ? -1 : 5);
       if (count < 0) {
-        if (errno == EINTR) continue;
-        return;
+        if (errno != EINTR) return;
+        count = 0;
       }
       for (int i = 0; i < count; ++i) {
         int fd = events[i].data.fd;
         if (fd == wake_.get()) return;
-        std::function<void()> on_exit;
+        pid_t pid;
         {
           std::lock_guard<std::mutex> lock(mutex_);
           auto it = watched_.find(fd);
           if (it == watched_.end()) continue;
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-          on_exit = std::move(it->second.on_exit);
-          watched_.erase(it);  // closes the pidfd
+          pid = it->second.pid;
         }
-        on_exit();
+        if (reapable(pid)) {
+          fire(fd);
+        } else {
+          deferred.push_back(fd);
+        }
+      }
+      for (auto it = deferred.begin(); it != deferred.end();) {
+        pid_t pid;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          auto entry = watched_.find(*it);
+          pid = entry == watched_.end() ? 0 : entry->second.pid;
+        }
+        if (pid == 0 || reapable(pid)) {
+          if (pid != 0) fire(*it);
+          it = deferred.erase(it);
+        } else {
+          ++it;
+        }
       }
     }
   }
@@ -171,8 +218,11 @@ Result<std::unique_ptr<ExitMonitor>> make_exit_monitor(bool prefer_pidfd) {
     if (probe) {
       UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
       UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-      if (!epoll || !wake) return Error{last_error(), "cannot create the exit monitor's epoll or eventfd"};
-      return std::unique_ptr<ExitMonitor>(std::make_unique<PidfdExitMonitor>(std::move(epoll), std::move(wake)));
+      if (epoll && wake) {
+        return std::unique_ptr<ExitMonitor>(std::make_unique<PidfdExitMonitor>(std::move(epoll), std::move(wake)));
+      }
+      // Out of descriptors right now (EMFILE): the waiter threads need none,
+      // whereas failing here would leave the backend unable to spawn for good.
     }
   }
   return std::unique_ptr<ExitMonitor>(std::make_unique<WaiterThreadExitMonitor>());

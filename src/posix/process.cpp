@@ -123,11 +123,13 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   // Lead a new process group, so stopping reaches every descendant.
   if (syscall(SYS_setpgid, 0, 0) != 0) child_fail(plan, ChildStage::ProcessGroup, errno);
 
-  // Default dispositions for 1..31 (an ignored signal would survive exec),
-  // then an empty mask (the parent blocked everything around the clone).
+  // Default dispositions for 1..64, real-time signals included (an ignored
+  // signal would survive exec; CLONE_VM without CLONE_SIGHAND, so this is the
+  // child's own table), then an empty mask (the parent blocked everything
+  // around the clone).
   KernelSigaction default_action{};
   default_action.handler = SIG_DFL;
-  for (int signal_number = 1; signal_number < 32; ++signal_number) {
+  for (int signal_number = 1; signal_number <= 64; ++signal_number) {
     if (signal_number == SIGKILL || signal_number == SIGSTOP) continue;
     syscall(SYS_rt_sigaction, signal_number, &default_action, nullptr, sizeof(unsigned long));
   }

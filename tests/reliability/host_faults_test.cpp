@@ -119,34 +119,38 @@ TEST(HostFaults, DescriptorLimitGivesClearErrorAndLeaksNothing) {
   EXPECT_EQ(now.threads, baseline.threads);
 }
 
-// The backend itself created while descriptors are exhausted: a clear error
-// from spawn, and no crash or hang when it is destroyed. (It is destroyed
-// after the limit is restored: UBSan's vptr check needs a pipe to probe
-// memory and reports a false "invalid vptr" at the limit.)
+// The backend itself created while descriptors are (nearly) exhausted: once
+// the limit is back it spawns normally (its exit monitor may have fallen back
+// to waiter threads), and nothing leaks. Only the construction runs at the
+// limit, after the same construction was done once without the limit: on a
+// type it has not seen yet, UBSan's vptr check probes memory through a pipe
+// and reports a false "invalid vptr" when it cannot create one.
 TEST(HostFaults, BackendCreatedAtDescriptorLimit) {
   HostSnapshot baseline = quiescent_snapshot();
-  {
-    std::unique_ptr<Fixture> f;
+  for (int free_slots = 0; free_slots <= 3; ++free_slots) {
+    CancellationToken token;
+    auto sink = std::make_shared<CollectingSink>();
+    auto options = Fixture::fast_options();
+    // Same construction once before the limit: warms UBSan's vptr cache for
+    // every type it touches, so no check needs a pipe at the limit.
+    std::make_unique<LocalProcessBackend>(token, sink, options).reset();
+    std::unique_ptr<LocalProcessBackend> backend;
     {
       NofileGuard guard;
       rlimit lowered = guard.saved();
-      lowered.rlim_cur = limit_with_free_slots(0);
+      lowered.rlim_cur = limit_with_free_slots(free_slots);
       ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
-      f = std::make_unique<Fixture>();
-      auto handle = f->backend->spawn_instance(child_config("starved", {"exit", "0"}));
-      EXPECT_FALSE(handle);
-      if (!handle) std::printf("[ figures  ] backend at the limit: %s\n", handle.error().message.c_str());
+      backend = std::make_unique<LocalProcessBackend>(token, sink, options);
     }
-    // The limit is back: the same backend (its exit monitor fell back to
-    // waiter threads) spawns normally.
-    auto handle = f->backend->spawn_instance(child_config("recovered", {"say", "ok", "exit", "0"}));
-    ASSERT_TRUE(handle) << handle.error();
-    EXPECT_TRUE(f->sink->wait_for_line(handle->instance_id, "ok"));
-    EXPECT_TRUE(f->backend->stop_instance(*handle));
+    auto handle = backend->spawn_instance(child_config("recovered", {"say", "ok", "exit", "0"}));
+    ASSERT_TRUE(handle) << free_slots << " free: " << handle.error();
+    EXPECT_TRUE(sink->wait_for_line(handle->instance_id, "ok"));
+    EXPECT_TRUE(backend->stop_instance(*handle));
+    backend.reset();
+    HostSnapshot now = settle_to(baseline);
+    EXPECT_EQ(now.descriptors, baseline.descriptors) << free_slots << " free";
+    EXPECT_EQ(now.threads, baseline.threads) << free_slots << " free";
   }
-  HostSnapshot now = settle_to(baseline);
-  EXPECT_EQ(now.descriptors, baseline.descriptors);
-  EXPECT_EQ(now.threads, baseline.threads);
 }
 
 // Spawn costs the same with RLIMIT_NOFILE at 1,048,576 as at 1024 (no loop
@@ -181,13 +185,15 @@ TEST(HostFaults, HugeDescriptorLimitSpawnNotSlower) {
 }
 
 // A host thread that blocks SIGTERM (and others), in a process that ignores
-// SIGINT and SIGPIPE: the child starts with an empty mask and no ignored signal.
+// SIGINT, SIGPIPE and a real-time signal: the child starts with an empty mask
+// and no ignored signal.
 TEST(HostFaults, ChildGetsDefaultDispositionsAndEmptyMask) {
   Fixture f;
-  struct sigaction old_int {}, old_pipe {}, ignore {};
+  struct sigaction old_int {}, old_pipe {}, old_rt {}, ignore {};
   ignore.sa_handler = SIG_IGN;
   sigaction(SIGINT, &ignore, &old_int);
   sigaction(SIGPIPE, &ignore, &old_pipe);
+  sigaction(SIGRTMIN + 3, &ignore, &old_rt);  // a real-time signal survives exec ignored too
   std::vector<std::string> lines;
   std::string instance_id;
   std::thread spawner([&] {
@@ -212,6 +218,7 @@ TEST(HostFaults, ChildGetsDefaultDispositionsAndEmptyMask) {
   spawner.join();
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGPIPE, &old_pipe, nullptr);
+  sigaction(SIGRTMIN + 3, &old_rt, nullptr);
   lines = f.sink->lines(instance_id, LogStream::Stdout);
   ASSERT_EQ(lines.size(), 2u);
   for (const auto& line : lines) {
