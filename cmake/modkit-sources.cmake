@@ -14,6 +14,7 @@ set(MODKIT_CORE_SOURCES
 set(MODKIT_POSIX_SOURCES
   src/posix/environment.cpp
   src/posix/exit_monitor.cpp
+  src/posix/pipe_holders.cpp
   src/posix/pipe_reader.cpp
   src/posix/process.cpp
   src/posix/system.cpp

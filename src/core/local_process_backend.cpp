@@ -423,17 +423,25 @@ void LocalProcessBackend::Impl::stop_all(const std::vector<InstancePtr>& group, 
       lingering.push_back(instance);
     }
   }
-  for (const auto& instance : lingering) kill(*instance, "output still open after exit: killed the process tree");
+  // A descendant that left the tree (setsid) but kept the pipes is still the
+  // module's: whoever holds them is killed too.
+  for (const auto& instance : lingering) {
+    kill(*instance, "output still open after exit: killed the process tree");
+    if (int escaped = instance->process->kill_pipe_holders(); escaped > 0) {
+      log_event(instance.get(), LogLevel::Warn,
+                "killed " + std::to_string(escaped) + " process(es) outside the tree holding the output open");
+    }
+  }
   Clock::time_point drain_deadline = Clock::now() + options_.drain_timeout;
   for (const auto& instance : lingering) {
     std::unique_lock<std::mutex> lock(instance->mutex);
     if (!instance->changed.wait_until(lock, drain_deadline, [&] { return instance->drained(); })) {
-      // Held by something outside the tree (it left the process group): stop
-      // reading rather than block forever.
+      // Held by something we may not kill (another user's process, handed
+      // the pipe): stop reading rather than block forever.
       for (auto& pipe : instance->pipes) pipe->interrupt();
       instance->changed.wait(lock, [&] { return instance->drained(); });
       lock.unlock();
-      log_event(instance.get(), LogLevel::Warn, "output pipes held open by a process outside the tree: stopped reading");
+      log_event(instance.get(), LogLevel::Warn, "output pipes held open by a process modkit cannot kill: stopped reading");
     }
   }
 }

@@ -47,6 +47,11 @@ class Process {
   /// call after the child was reaped: then only descendants still in the tree
   /// are killed.
   virtual void kill_tree() = 0;
+  /// Kills processes outside the tree that still hold the child's output
+  /// pipes (a descendant that left the process group, e.g. with setsid).
+  /// Returns how many. Windows: none can exist, as a Job object's
+  /// descendants cannot leave it.
+  virtual int kill_pipe_holders() = 0;
 
   /// Reaps the child if it has exited; never blocks. Called by the ExitMonitor
   /// when the exit was signalled. Returns the status the first time it

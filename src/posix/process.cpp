@@ -26,6 +26,7 @@
 #include "platform/process.hpp"
 #include "platform/system.hpp"
 #include "posix/environment.hpp"
+#include "posix/pipe_holders.hpp"
 #include "posix/pipe_reader.hpp"
 #include "posix/unique_fd.hpp"
 
@@ -263,9 +264,10 @@ ExitStatus decode_wait_status(int status) {
 class PosixProcess final : public Process {
  public:
   PosixProcess(pid_t pid, GracefulStop graceful_stop, UniqueFd stdin_write, std::unique_ptr<PipeReader> out,
-               std::unique_ptr<PipeReader> err)
+               std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes)
       : pid_(pid),
         graceful_stop_(graceful_stop),
+        pipe_inodes_(std::move(pipe_inodes)),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
         stderr_(std::move(err)) {}
@@ -305,6 +307,8 @@ class PosixProcess final : public Process {
     ::kill(-pid_, SIGKILL);
   }
 
+  int kill_pipe_holders() override { return posix::kill_pipe_holders(pipe_inodes_); }
+
   std::optional<ExitStatus> try_reap() override { return reap(WNOHANG); }
   std::optional<ExitStatus> reap_blocking() override { return reap(0); }
 
@@ -327,6 +331,7 @@ class PosixProcess final : public Process {
 
   const pid_t pid_;
   const GracefulStop graceful_stop_;
+  const std::vector<ino_t> pipe_inodes_;  // of the stdout and stderr pipes
   std::mutex mutex_;
   bool reaped_ = false;
   UniqueFd stdin_write_;
@@ -452,11 +457,17 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     }
   }
 
+  std::vector<ino_t> pipe_inodes;
+  for (const Pipe* pipe : {&out, &err}) {
+    struct stat info;
+    if (fstat(pipe->read_end.get(), &info) == 0) pipe_inodes.push_back(info.st_ino);
+  }
   auto shared_wake = std::make_shared<UniqueFd>(std::move(wake));
   auto stdout_reader = std::make_unique<posix::PosixPipeReader>(std::move(out.read_end), shared_wake);
   auto stderr_reader = std::make_unique<posix::PosixPipeReader>(std::move(err.read_end), shared_wake);
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
-      pid, request.graceful_stop, std::move(stdin_pipe.write_end), std::move(stdout_reader), std::move(stderr_reader)));
+      pid, request.graceful_stop, std::move(stdin_pipe.write_end), std::move(stdout_reader), std::move(stderr_reader),
+      std::move(pipe_inodes)));
 }
 
 }  // namespace modkit::platform

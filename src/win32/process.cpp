@@ -214,6 +214,7 @@ class Win32Process final : public Process {
     TerminateJobObject(job_.get(), win32::kKillExitCode);
   }
 
+  int kill_pipe_holders() override { return 0; }  // the Job object holds every descendant
   std::optional<ExitStatus> try_reap() override { return reap(false); }
   std::optional<ExitStatus> reap_blocking() override { return reap(true); }
 
