@@ -377,15 +377,6 @@ bool LocalProcessBackend::Impl::begin_stop(Instance& instance, Clock::time_point
 }
 
 void LocalProcessBackend::Impl::stop_all(const std::vector<InstancePtr>& group, Clock::time_point deadline) {
-  auto kill = [this](Instance& instance, std::string_view why) {
-    {
-      std::lock_guard<std::mutex> lock(instance.mutex);
-      instance.killed = true;
-      instance.process->kill_tree();
-    }
-    log_event(&instance, LogLevel::Warn, why);
-  };
-
   // 1. Every graceful step at once.
   std::vector<bool> graceful;
   for (const auto& instance : group) graceful.push_back(begin_stop(*instance, deadline));
@@ -426,7 +417,12 @@ void LocalProcessBackend::Impl::stop_all(const std::vector<InstancePtr>& group, 
   // A descendant that left the tree (setsid) but kept the pipes is still the
   // module's: whoever holds them is killed too.
   for (const auto& instance : lingering) {
-    kill(*instance, "output still open after exit: killed the process tree");
+    {
+      std::lock_guard<std::mutex> lock(instance->mutex);
+      instance->killed = true;
+      instance->process->kill_tree();
+    }
+    log_event(instance.get(), LogLevel::Warn, "output still open after exit: killed the process tree");
     if (int escaped = instance->process->kill_pipe_holders(); escaped > 0) {
       log_event(instance.get(), LogLevel::Warn,
                 "killed " + std::to_string(escaped) + " process(es) outside the tree holding the output open");
