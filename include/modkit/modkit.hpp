@@ -110,8 +110,20 @@ class CancellationToken {
   CancellationToken();
 
   /// Cancels the token, wakes every waiter and runs every registered callback
-  /// (on the calling thread, without holding any lock). Idempotent.
+  /// (on the calling thread, without holding any lock). Idempotent. Not
+  /// async-signal-safe: from a signal handler use cancel_from_signal().
   void cancel();
+
+  /// Prepares cancel_from_signal(): starts one relay thread (all signals
+  /// blocked) that turns a signal handler's request into cancel(). Call it
+  /// before installing the handler. Idempotent. Errors: resource_unavailable_try_again
+  /// (no thread or descriptor could be had).
+  Result<void> enable_signal_cancel();
+  /// Async-signal-safe: cancels the token from a signal handler. is_cancelled()
+  /// is true at once; waiters are woken and callbacks run on the relay thread
+  /// that enable_signal_cancel() started (without it, only the flag is set).
+  /// Preserves errno.
+  void cancel_from_signal() noexcept;
   bool is_cancelled() const;
   /// Blocks until cancelled or until `timeout` has passed; returns is_cancelled().
   bool wait_for(std::chrono::steady_clock::duration timeout) const;
@@ -206,9 +218,11 @@ std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle);
 
 /// How a child ended.
 struct ExitStatus {
-  enum class Kind { Exited, Signaled };
+  /// Unknown: the child ended but its status was taken by someone else (a host
+  /// that reaps with waitpid(-1), or SIGCHLD set to SIG_IGN); code is then -1.
+  enum class Kind { Exited, Signaled, Unknown };
   Kind kind = Kind::Exited;
-  int code = 0;         ///< exit code, or the signal number when Signaled.
+  int code = 0;         ///< exit code, the signal number when Signaled, -1 when Unknown.
   bool forced = false;  ///< killed by modkit after the grace period ran out.
   bool success() const { return kind == Kind::Exited && code == 0; }
 };
@@ -243,7 +257,9 @@ struct LogRecord {
 /// Receives every line of every child and modkit's own events. Called
 /// concurrently from several threads (one reader thread per stream per
 /// instance); never called while modkit holds a lock of its own. The record's
-/// views are valid only during the call.
+/// views are valid only during the call. An exception thrown by write() (in a
+/// host built with exceptions) is caught and dropped; it never reaches modkit's
+/// threads or the caller of spawn_instance.
 class LogSink {
  public:
   virtual ~LogSink() = default;
@@ -290,8 +306,9 @@ class JsonLogSink : public LogSink {
 class ModuleRuntimeBackend {
  public:
   virtual ~ModuleRuntimeBackend() = default;
-  /// Starts an instance. Fails, starting nothing, on an invalid config or when
-  /// the program cannot be executed (the message names the path and the cause).
+  /// Starts an instance. Fails, starting nothing (no process, no listing, no
+  /// on_exit), on an invalid config or when the program cannot be executed
+  /// (the message names the module, the path and the cause).
   virtual Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) = 0;
   /// Stops an instance: graceful step, grace period, then kill; returns once it
   /// has been reaped and its output drained, with its exit status. An instance
@@ -308,16 +325,24 @@ struct LocalProcessOptions {
   std::chrono::milliseconds stop_grace{2000};
   /// Shared deadline for all children when the token is cancelled.
   std::chrono::milliseconds shutdown_grace{5000};
-  /// How long readers may keep draining after a kill (a descendant outside
-  /// the process group may hold the pipes open).
+  /// How long readers may keep draining after the child exited (or was
+  /// killed) before what still holds the output is killed; the same again
+  /// before modkit stops reading.
   std::chrono::milliseconds drain_timeout{1000};
+  /// How long a killed child may take to exit before stop_instance gives up
+  /// with timed_out (a process stuck in the kernel cannot die sooner).
+  std::chrono::milliseconds kill_timeout{2000};
   /// Longer lines are delivered in pieces (continuation records).
   std::size_t max_line_bytes = 16 * 1024;
   /// Stack size of each reader thread.
   std::size_t reader_stack_bytes = 256 * 1024;
   /// Called once for each instance that ends, on a modkit thread, with no lock
-  /// held: it may call spawn_instance or stop_instance.
+  /// held: it may call spawn_instance, stop_instance, list_instances, even
+  /// destroy the backend. An exception it throws is caught and logged.
   std::function<void(const InstanceHandle&, const ExitStatus&)> on_exit;
+  /// Library records name the binary and the number of arguments; true adds
+  /// every argument's value (which may carry secrets such as passwords).
+  bool log_arguments = false;
   /// Linux: watch exits through pidfds (one thread for all instances). When
   /// false, or when the kernel lacks pidfd_open, each instance gets a thread
   /// blocked in waitid() on its own pid.
@@ -331,21 +356,52 @@ struct LocalProcessOptions {
 /// with GracefulStop::CloseStdin), its stdout and stderr go, line by line, to
 /// the LogSink, and it inherits no other descriptor or handle of the host.
 /// When the token is cancelled every child is stopped with one shared deadline.
-/// The destructor stops every child still running and joins every thread.
+///
+/// Bounds. With G the grace (stop_grace, or shutdown_grace for the shutdown),
+/// K = kill_timeout and D = drain_timeout, stop_instance, wait_for_shutdown and
+/// the destructor return within G + K + 2*D (plus scheduling delays), whatever
+/// the child or the sink does. modkit only signals what it started: the
+/// child's process group only while the child is unreaped (so its id cannot
+/// have been reused), and outside the group only processes that hold the write
+/// end of the child's own output pipes.
+///
+/// Calls from inside a sink or on_exit never deadlock: a stop that would wait
+/// for the calling thread itself is started and returns
+/// resource_deadlock_would_occur; destroying the backend there finishes the
+/// teardown once the callback has returned.
 class LocalProcessBackend final : public ModuleRuntimeBackend {
  public:
+  /// Starts the backend's threads. Errors: resource_unavailable_try_again when
+  /// a thread or descriptor cannot be had (the message says which).
+  static Result<std::unique_ptr<LocalProcessBackend>> create(CancellationToken token, std::shared_ptr<LogSink> sink,
+                                                             LocalProcessOptions options = {});
+  /// As create(), but a backend whose threads could not start refuses every
+  /// spawn with that error (and says so once in a library record).
   LocalProcessBackend(CancellationToken token, std::shared_ptr<LogSink> sink,
                       LocalProcessOptions options = {});
+  /// Stops every child still running (one shared deadline) and joins every
+  /// thread, within the bound above. A child that cannot be signalled or
+  /// reaped in time, or a reader stuck in a sink call, is abandoned with an
+  /// error record instead of hanging.
   ~LocalProcessBackend() override;
   LocalProcessBackend(const LocalProcessBackend&) = delete;
   LocalProcessBackend& operator=(const LocalProcessBackend&) = delete;
 
+  /// Errors: the config's (invalid_argument and friends), the spawn's (errno of
+  /// the failing step, naming the path), operation_canceled after the token
+  /// was cancelled, resource_unavailable_try_again when no reader thread can
+  /// be started (the child is then killed and reaped before the call returns).
   Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) override;
+  /// Errors: operation_not_permitted (the child, or all of its group, may not
+  /// be signalled; the message names the pid), timed_out (killed but not
+  /// reaped within kill_timeout), resource_deadlock_would_occur (called from a
+  /// sink or on_exit on a thread the stop must wait for; the stop goes on).
   Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) override;
   Result<std::vector<InstanceHandle>> list_instances(std::string_view module) override;
 
   /// Blocks until the shutdown that cancellation started has finished (every
-  /// child reaped, every stream drained). Returns at once if not cancelled.
+  /// child reaped, every stream drained), within the bound above. Returns at
+  /// once if not cancelled, or if called from a sink or on_exit.
   void wait_for_shutdown();
 
   class Impl;

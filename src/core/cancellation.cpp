@@ -108,3 +108,9 @@ void CancellationToken::Registration::reset() {
 }
 
 }  // namespace modkit
+
+namespace modkit {
+// Interim: replaced by the relay-thread implementation.
+Result<void> CancellationToken::enable_signal_cancel() { return {}; }
+void CancellationToken::cancel_from_signal() noexcept {}
+}  // namespace modkit

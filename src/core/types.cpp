@@ -51,6 +51,8 @@ std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle) {
 std::ostream& operator<<(std::ostream& os, const ExitStatus& status) {
   if (status.kind == ExitStatus::Kind::Exited) {
     os << "exited with code " << status.code;
+  } else if (status.kind == ExitStatus::Kind::Unknown) {
+    os << "exited, status unknown (reaped by someone else)";
   } else {
     os << "killed by signal " << status.code;
   }
