@@ -264,7 +264,7 @@ Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instanc
   std::lock_guard<std::mutex> lock(instance->mutex);
   for (int index = 0; index < 2; ++index) {
     Instance* raw = instance.get();
-    auto thread = platform::start_thread(options_.reader_stack_bytes, [this, raw, index] { read_stream(*raw, index); });
+    auto thread = platform::start_thread(options_.reader_stack_bytes, [this, raw, index] { read_stream(*raw, index); }, "a reader");
     if (!thread) {
       instance->readers_running -= 2 - index;  // this reader and any after it never ran
       instance->changed.notify_all();

@@ -4,6 +4,8 @@
 
 #include <process.h>
 
+#include <string>
+
 #include "win32/windows_util.hpp"
 
 namespace modkit::platform {
@@ -13,7 +15,7 @@ constexpr std::size_t kMinimumStack = 64 * 1024;
 
 class Win32Thread final : public Thread {
  public:
-  explicit Win32Thread(std::function<void()> body) : body_(std::move(body)) {}
+  Win32Thread(HANDLE handle, DWORD id) : handle_(handle), id_(id) {}
   ~Win32Thread() override = default;
 
   void join() override {
@@ -21,33 +23,38 @@ class Win32Thread final : public Thread {
     WaitForSingleObject(handle_.get(), INFINITE);
     handle_.reset();
   }
-
-  static unsigned __stdcall run(void* self) {
-    static_cast<Win32Thread*>(self)->body_();
-    return 0;
-  }
-
-  win32::UniqueHandle handle_;
+  void detach() override { handle_.reset(); }
+  bool is_current() const override { return GetCurrentThreadId() == id_; }
 
  private:
-  std::function<void()> body_;
+  win32::UniqueHandle handle_;
+  DWORD id_;
 };
+
+unsigned __stdcall run(void* argument) {
+  std::unique_ptr<std::function<void()>> body(static_cast<std::function<void()>*>(argument));
+  (*body)();
+  return 0;
+}
 
 }  // namespace
 
-Result<std::unique_ptr<Thread>> start_thread(std::size_t stack_bytes, std::function<void()> body) {
-  auto thread = std::make_unique<Win32Thread>(std::move(body));
+Result<std::unique_ptr<Thread>> start_thread(std::size_t stack_bytes, std::function<void()> body,
+                                             std::string_view what) {
+  auto owned = std::make_unique<std::function<void()>>(std::move(body));
   if (stack_bytes < kMinimumStack) stack_bytes = kMinimumStack;
   if (stack_bytes > 0xFFFFFFFFu) stack_bytes = 0xFFFFFFFFu;
   // The size is the reservation, not the commit: an idle reader costs one page or two.
-  uintptr_t handle = _beginthreadex(nullptr, static_cast<unsigned>(stack_bytes), &Win32Thread::run, thread.get(),
-                                    STACK_SIZE_PARAM_IS_A_RESERVATION, nullptr);
+  unsigned id = 0;
+  uintptr_t handle = _beginthreadex(nullptr, static_cast<unsigned>(stack_bytes), &run, owned.get(),
+                                    STACK_SIZE_PARAM_IS_A_RESERVATION, &id);
   if (handle == 0) {
     DWORD error = GetLastError();
-    return Error{win32::win32_error(error), "cannot start a reader thread: " + win32::system_message(error)};
+    return Error{std::make_error_code(std::errc::resource_unavailable_try_again),
+                 "cannot start " + std::string(what) + " thread: " + win32::system_message(error)};
   }
-  thread->handle_.reset(reinterpret_cast<HANDLE>(handle));
-  return std::unique_ptr<Thread>(std::move(thread));
+  owned.release();  // the thread frees it
+  return std::unique_ptr<Thread>(std::make_unique<Win32Thread>(reinterpret_cast<HANDLE>(handle), id));
 }
 
 }  // namespace modkit::platform
