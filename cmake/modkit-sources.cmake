@@ -4,6 +4,7 @@ set(MODKIT_CORE_SOURCES
   src/core/cancellation.cpp
   src/core/config_validation.cpp
   src/core/level.cpp
+  src/core/instance_lifecycle.cpp
   src/core/line_splitter.cpp
   src/core/local_process_backend.cpp
   src/core/log_sinks.cpp
@@ -17,6 +18,7 @@ set(MODKIT_POSIX_SOURCES
   src/posix/pipe_holders.cpp
   src/posix/pipe_reader.cpp
   src/posix/process.cpp
+  src/posix/signal_wakeup.cpp
   src/posix/system.cpp
   src/posix/thread.cpp)
 set(MODKIT_WIN32_SOURCES
@@ -25,5 +27,6 @@ set(MODKIT_WIN32_SOURCES
   src/win32/exit_monitor.cpp
   src/win32/pipe_reader.cpp
   src/win32/process.cpp
+  src/win32/signal_wakeup.cpp
   src/win32/system.cpp
   src/win32/thread.cpp)

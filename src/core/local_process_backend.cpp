@@ -1,23 +1,33 @@
-// LocalProcessBackend: the platform-free supervision logic.
+// LocalProcessBackend: the platform-free supervision logic around
+// InstanceLifecycle (core/instance_lifecycle.hpp).
 //
-// Threads: per instance, one reader per output stream; per backend, the exit
-// monitor (platform/exit_monitor.hpp) and one supervisor that reports exits,
-// joins finished readers and runs the shutdown when the token is cancelled.
+// Threads, all started through platform/thread.hpp with every signal blocked:
+// per instance, one reader per output stream; per backend, the exit monitor
+// (platform/exit_monitor.hpp) and one supervisor that reports exits, acts on
+// drain deadlines nobody else is waiting for, joins finished readers and
+// starts the shutdown when the token is cancelled. Every thread holds a
+// shared_ptr to the Impl and to its instance, so a thread that must be
+// abandoned (stuck in a host callback) or that destroys the backend from a
+// callback never touches freed memory.
 //
-// Locks, never nested with a sink call: instances_mutex_ (the live map),
-// lifecycle_mutex_ (everything not yet joined, the supervisor's queue), and
-// each Instance's own mutex (its exit status and reader count).
+// Whoever waits for a stop drives it: stop_instance, wait_for_shutdown, the
+// destructor and the supervisor all call tick() on the lifecycles they wait
+// for, so no stop depends on another thread being free.
+//
+// Lock order (never held while the sink or on_exit runs):
+//   instances_mutex_ (the live map)  ->  state_mutex_ (queues, flags, wake-ups)
+//   ->  an InstanceLifecycle's own lock.
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <shared_mutex>
-#include <sstream>
-#include <thread>
 #include <unordered_map>
 
 #include "core/config_validation.hpp"
+#include "core/instance_lifecycle.hpp"
 #include "core/line_splitter.hpp"
+#include "core/utf8.hpp"
 #include "modkit/modkit.hpp"
 #include "platform/exit_monitor.hpp"
 #include "platform/process.hpp"
@@ -26,159 +36,230 @@
 namespace modkit {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using core::Clock;
+using core::InstanceLifecycle;
+using core::LifecycleEffects;
 
-// Once killed, a child is gone within milliseconds unless the kernel is stuck
-// (uninterruptible sleep); this bounds how long we wait for that.
-constexpr std::chrono::seconds kReapAfterKillBound{10};
 // One pipe's default capacity (64 KiB): a busy child's output is taken in as
 // few read() calls as possible (each costs as much as splitting ~100 lines).
 // The buffer's pages are only touched once that much output arrives.
 constexpr std::size_t kReadChunkBytes = 64 * 1024;
+constexpr std::size_t kSupervisorStackBytes = 256 * 1024;
+// Scheduling slack on top of the documented bounds.
+constexpr std::chrono::milliseconds kBoundSlack{250};
 
 struct Instance {
+  Instance(std::unique_ptr<platform::Process> owned, core::LifecycleTimings timings)
+      : process(std::move(owned)), lifecycle(*process, timings) {}
+
   InstanceHandle handle;
   std::unique_ptr<platform::Process> process;
+  InstanceLifecycle lifecycle;
   std::unique_ptr<platform::PipeReader> pipes[2];  // stdout, stderr
   std::unique_ptr<platform::Thread> readers[2];
-
-  std::mutex mutex;
-  std::condition_variable changed;
-  std::optional<ExitStatus> status;  // set once reaped
-  int readers_running = 0;
-  bool stop_started = false;
-  bool killed = false;
-  Clock::time_point stop_deadline{};
-
-  bool drained() const { return readers_running == 0; }
+  std::atomic<int> readers_running{0};
+  // Under the backend's state_mutex_:
+  bool reported = false;   // exit reported (or abandoned: nothing to report)
+  bool abandoned = false;
 };
 
 using InstancePtr = std::shared_ptr<Instance>;
 
+// Which backend's callback (sink or on_exit) this thread is running, if any.
+thread_local const void* tls_backend = nullptr;
+thread_local const Instance* tls_reader_of = nullptr;
+thread_local int tls_reader_stream = 0;
+
 }  // namespace
 
-class LocalProcessBackend::Impl {
+class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
  public:
   Impl(CancellationToken token, std::shared_ptr<LogSink> sink, LocalProcessOptions options)
-      : token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {}
-
-  void start() {
-    auto monitor = platform::make_exit_monitor(options_.use_pidfd);
-    if (!monitor) {
-      // Without a monitor no exit could be observed; this only happens when
-      // the host is out of threads or descriptors at construction.
-      log_event(nullptr, LogLevel::Error, "cannot start the exit monitor: " + monitor.error().message);
-    } else {
-      monitor_ = std::move(*monitor);
-    }
-    supervisor_ = std::thread([this] { supervise(); });
-    registration_ = token_.on_cancel([this] {
-      std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-      cancel_seen_ = true;
-      wake_supervisor();
-    });
+      : token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {
+    timings_.drain_timeout = options_.drain_timeout;
+    timings_.kill_timeout = options_.kill_timeout;
   }
 
-  ~Impl() {
-    registration_.reset();
-    {
-      std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-      destroying_ = true;
-      wake_supervisor();
-    }
-    supervisor_.join();
-    if (monitor_) monitor_->shutdown();
-  }
+  Result<void> start();
+  void teardown();
+  const std::optional<Error>& start_error() const { return start_error_; }
 
   Result<InstanceHandle> spawn(const OopModuleConfig& config);
   Result<std::optional<ExitStatus>> stop(const InstanceHandle& handle);
   std::vector<InstanceHandle> list(std::string_view module);
-  void wait_for_shutdown() {
-    std::unique_lock<std::mutex> lock(lifecycle_mutex_);
-    if (!cancel_seen_) return;
-    shutdown_finished_.wait(lock, [&] { return shutdown_done_; });
-  }
+  void wait_for_shutdown();
+
+  void log_event(const Instance* instance, LogLevel level, std::string_view text);
 
  private:
   Error cancelled_error(const std::string& module) const {
     return make_error(std::errc::operation_canceled,
                       "module '" + module + "': cannot spawn, the backend is shutting down (token cancelled)");
   }
+  std::chrono::milliseconds after_kill_bound() const {
+    return options_.kill_timeout + 2 * options_.drain_timeout + kBoundSlack;
+  }
 
-  void log_event(const Instance* instance, LogLevel level, std::string_view text) {
-    LogRecord record;
-    record.module = instance ? std::string_view(instance->handle.module) : std::string_view("modkit");
-    record.instance_id = instance ? std::string_view(instance->handle.instance_id) : std::string_view();
-    record.stream = LogStream::Library;
-    record.level = level;
-    record.line = text;
-    record.timestamp = std::chrono::system_clock::now();
-    sink_->write(record);
+  void deliver(const LogRecord& record);
+  void apply(const InstancePtr& instance, LifecycleEffects effects, bool may_log);
+  void notify() {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    ++generation_;
+    state_changed_.notify_all();
+  }
+  void unlist(const Instance& instance) {
+    std::unique_lock<std::shared_mutex> lock(instances_mutex_);
+    instances_.erase(instance.handle.instance_id);
   }
 
   Result<void> start_readers(const InstancePtr& instance);
-  void read_stream(Instance& instance, int index);
-  void on_exit_signalled(const InstancePtr& instance);
-  void abandon(const InstancePtr& instance);
+  void read_stream(const InstancePtr& instance, int index);
+  void abandon_unregistered(const InstancePtr& instance);
 
-  // Stopping, in phases so that a group of instances shares one deadline.
-  bool begin_stop(Instance& instance, Clock::time_point deadline);
-  void stop_all(const std::vector<InstancePtr>& group, Clock::time_point deadline);
+  void stop_group(const std::vector<InstancePtr>& group, Clock::time_point deadline);
+  void abandon(const InstancePtr& instance);
+  std::vector<InstancePtr> live_instances();
 
   void supervise();
-  void wake_supervisor() {  // with lifecycle_mutex_ held
-    ++wake_generation_;
-    supervisor_wake_.notify_all();
-  }
-  void join_finished(std::unique_lock<std::mutex>& lock);
-  std::optional<Clock::time_point> report_exits(std::unique_lock<std::mutex>& lock);
-  void shutdown_everything();
+  void report_exit(const InstancePtr& instance);
 
   CancellationToken token_;
   std::shared_ptr<LogSink> sink_;
   LocalProcessOptions options_;
+  core::LifecycleTimings timings_;
   std::unique_ptr<platform::ExitMonitor> monitor_;
+  std::unique_ptr<platform::Thread> supervisor_;
+  std::optional<Error> start_error_;
   CancellationToken::Registration registration_;
 
   std::shared_mutex instances_mutex_;
-  std::unordered_map<std::string, InstancePtr> instances_;  // live (not yet reaped)
+  std::unordered_map<std::string, InstancePtr> instances_;  // live: spawned, not yet reaped
   bool closed_ = false;                                     // no more spawns
 
-  std::mutex lifecycle_mutex_;
-  std::condition_variable supervisor_wake_;
-  // Bumped by every wake-up, so the supervisor notices one that came while it
-  // was working with the lock released (a plain wait() would miss it).
-  std::uint64_t wake_generation_ = 0;
-  std::condition_variable shutdown_finished_;
-  std::vector<InstancePtr> unjoined_;    // every instance whose readers are not joined yet
-  // Reaped, exit not yet reported. A report waits for the output to drain
-  // (so the child's last lines come first), at most drain_timeout.
-  struct PendingReport {
+  std::mutex state_mutex_;
+  std::condition_variable state_changed_;
+  std::uint64_t generation_ = 0;  // bumped by every change, so no wake-up is missed
+  std::vector<InstancePtr> unjoined_;  // every instance whose readers are not joined yet
+  std::deque<InstancePtr> reports_;    // reaped, exit not yet reported
+  struct PendingRecord {
     InstancePtr instance;
-    Clock::time_point due;
+    LifecycleEffects::Record record;
   };
-  std::deque<PendingReport> exit_reports_;
+  std::deque<PendingRecord> pending_records_;  // from threads that must not call the sink
   bool cancel_seen_ = false;
+  Clock::time_point shutdown_deadline_{};
   bool destroying_ = false;
-  bool shutdown_done_ = false;
-  std::thread supervisor_;
+  bool torn_down_ = false;  // the destructor has returned: no more on_exit calls
+  bool supervisor_done_ = false;
 };
 
 // ---------------------------------------------------------------------------
-// Spawning and reading
+// Records and host callbacks
 // ---------------------------------------------------------------------------
 
+// Host code runs only here and in report_exit. An exception from it (a host
+// built with exceptions) must not unwind through modkit's threads.
+void LocalProcessBackend::Impl::deliver(const LogRecord& record) {
+#if defined(__cpp_exceptions)
+  try {
+    sink_->write(record);
+  } catch (...) {
+  }
+#else
+  sink_->write(record);
+#endif
+}
+
+void LocalProcessBackend::Impl::log_event(const Instance* instance, LogLevel level, std::string_view text) {
+  std::string scratch;
+  LogRecord record;
+  record.module = instance ? utf8::sanitize(instance->handle.module, scratch) : std::string_view("modkit");
+  std::string module_copy(record.module);  // `scratch` is reused below
+  record.module = module_copy;
+  record.instance_id = instance ? std::string_view(instance->handle.instance_id) : std::string_view();
+  record.stream = LogStream::Library;
+  record.level = level;
+  record.line = utf8::sanitize(text, scratch);
+  record.timestamp = std::chrono::system_clock::now();
+  deliver(record);
+}
+
+void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffects effects, bool may_log) {
+  if (effects.interrupt_readers) {
+    for (auto& pipe : instance->pipes) {
+      if (pipe) pipe->interrupt();
+    }
+  }
+  // Unlisted before anyone can see the status: a stop_instance that returns
+  // it must not find the instance again.
+  if (effects.finished) unlist(*instance);
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    if (effects.finished) reports_.push_back(instance);
+    if (!may_log) {
+      for (auto& record : effects.records) pending_records_.push_back({instance, std::move(record)});
+      effects.records.clear();
+    }
+    ++generation_;
+    state_changed_.notify_all();
+  }
+  for (const auto& record : effects.records) log_event(instance.get(), record.level, record.text);
+  if (!effects.records.empty()) {
+    instance->lifecycle.records_delivered(effects.records.size());
+    notify();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Start and spawn
+// ---------------------------------------------------------------------------
+
+Result<void> LocalProcessBackend::Impl::start() {
+  auto monitor = platform::make_exit_monitor(options_.use_pidfd);
+  if (!monitor) {
+    start_error_ = monitor.error();
+    return std::move(monitor).error();
+  }
+  monitor_ = std::move(*monitor);
+  std::weak_ptr<Impl> weak = shared_from_this();
+  auto supervisor = platform::start_thread(kSupervisorStackBytes, [self = shared_from_this()] { self->supervise(); },
+                                           "the supervisor");
+  if (!supervisor) {
+    start_error_ = supervisor.error();
+    monitor_->shutdown();
+    return std::move(supervisor).error();
+  }
+  supervisor_ = std::move(*supervisor);
+  registration_ = token_.on_cancel([weak] {
+    auto self = weak.lock();
+    if (!self) return;
+    {
+      std::unique_lock<std::shared_mutex> lock(self->instances_mutex_);
+      self->closed_ = true;
+    }
+    std::lock_guard<std::mutex> lock(self->state_mutex_);
+    if (self->cancel_seen_) return;
+    self->cancel_seen_ = true;
+    self->shutdown_deadline_ = Clock::now() + self->options_.shutdown_grace;
+    ++self->generation_;
+    self->state_changed_.notify_all();
+  });
+  return {};
+}
+
 Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& config) {
+  if (start_error_) {
+    return make_error(std::errc::resource_unavailable_try_again,
+                      "module '" + config.name + "': the backend could not start: " + start_error_->message);
+  }
   if (token_.is_cancelled()) return cancelled_error(config.name);
   auto request = validate_config(config);
   if (!request) return std::move(request).error();
-  if (!monitor_) return make_error(std::errc::resource_unavailable_try_again, "the exit monitor is not running");
 
   auto process = platform::spawn(*request);
   if (!process) return std::move(process).error();
 
-  auto instance = std::make_shared<Instance>();
-  instance->process = std::move(*process);
+  auto instance = std::make_shared<Instance>(std::move(*process), timings_);
   instance->pipes[0] = instance->process->take_stdout();
   instance->pipes[1] = instance->process->take_stderr();
   instance->handle.module = config.name;
@@ -186,88 +267,88 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   instance->handle.backend = BackendKind::LocalProcess;
   instance->handle.pid = instance->process->pid();
   instance->handle.created_at = Clock::now();
-  // Counted before anyone can see the instance, so the supervisor never
-  // takes it for drained (and joins it) before its readers have started.
-  instance->readers_running = 2;
 
-  // Register before watching: the exit may be reported at once. Both lists
-  // change under the map's lock, so a shutdown that has closed the map sees
-  // every instance registered before it.
+  // Readers first: until they run, nobody else knows the instance, so a
+  // failure here leaves nothing behind (no listing, no on_exit).
+  auto readers = start_readers(instance);
+  if (!readers) {
+    abandon_unregistered(instance);
+    Error error = std::move(readers).error();
+    error.message = "module '" + config.name + "': " + error.message + "; the child was killed";
+    return error;
+  }
+
+  // Registered in both lists under the map's lock, so a shutdown that has
+  // closed the map sees every instance registered before it.
   bool closed;
   {
     std::unique_lock<std::shared_mutex> lock(instances_mutex_);
     closed = closed_;
     if (!closed) {
       instances_.emplace(instance->handle.instance_id, instance);
-      std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
+      std::lock_guard<std::mutex> state(state_mutex_);
       unjoined_.push_back(instance);
     }
   }
   if (closed) {
-    abandon(instance);
+    abandon_unregistered(instance);
     return cancelled_error(config.name);
   }
-  std::weak_ptr<Instance> weak = instance;
-  auto watched = monitor_->watch(*instance->process, [this, weak] {
-    if (auto alive = weak.lock()) on_exit_signalled(alive);
+  std::weak_ptr<Instance> weak_instance = instance;
+  std::weak_ptr<Impl> weak_self = shared_from_this();
+  auto watched = monitor_->watch(*instance->process, [weak_self, weak_instance] {
+    auto self = weak_self.lock();
+    auto alive = weak_instance.lock();
+    if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()), false);
   });
   if (!watched) {
+    unlist(*instance);
     {
-      std::unique_lock<std::shared_mutex> lock(instances_mutex_);
-      instances_.erase(instance->handle.instance_id);
+      std::lock_guard<std::mutex> state(state_mutex_);
+      unjoined_.erase(std::remove(unjoined_.begin(), unjoined_.end(), instance), unjoined_.end());
     }
-    {
-      // No reader will run: a shutdown that already took this instance into
-      // its group must not wait for it to drain.
-      std::lock_guard<std::mutex> lock(instance->mutex);
-      instance->readers_running = 0;
-      instance->changed.notify_all();
-    }
-    abandon(instance);
-    return std::move(watched).error();
-  }
-  auto readers = start_readers(instance);
-  if (!readers) {
-    // The monitor reaps it; the supervisor joins whichever reader started.
-    instance->process->kill_tree();
-    for (auto& pipe : instance->pipes) {
-      if (pipe) pipe->interrupt();
-    }
-    return std::move(readers).error();
+    abandon_unregistered(instance);
+    Error error = std::move(watched).error();
+    error.message = "module '" + config.name + "': " + error.message;
+    return error;
   }
 
-  std::ostringstream text;
-  text << "spawned pid " << instance->process->pid() << ": " << request->binary;
-  for (const auto& arg : request->args) text << ' ' << arg;
-  log_event(instance.get(), LogLevel::Info, text.str());
+  std::string text = "spawned pid " + std::to_string(instance->process->pid()) + ": " + request->binary;
+  if (options_.log_arguments) {
+    for (const auto& arg : request->args) text += ' ' + arg;
+  } else {
+    text += " (" + std::to_string(request->args.size()) + " argument(s))";
+  }
+  log_event(instance.get(), LogLevel::Info, text);
   return instance->handle;
 }
 
-// For a child that could not be registered or watched: kill it, reap it here,
-// and let the supervisor join nothing (no reader was started).
-void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
-  instance->process->kill_tree();
-  auto status = instance->process->reap_blocking();
-  {
-    // A shutdown that took it into its group waits for a status.
-    std::lock_guard<std::mutex> lock(instance->mutex);
-    instance->status = status ? *status : ExitStatus{ExitStatus::Kind::Signaled, 9, true};
-    instance->changed.notify_all();
+// For a child nobody else knows yet: kill it, wait for it (bounded), reap it,
+// and join whichever reader started.
+void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance) {
+  (void)instance->process->kill_tree();
+  bool exited = instance->process->wait_for_exit(options_.kill_timeout).has_value();
+  if (exited) instance->process->reap();
+  for (auto& pipe : instance->pipes) {
+    if (pipe) pipe->interrupt();
   }
-  std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-  unjoined_.erase(std::remove(unjoined_.begin(), unjoined_.end(), instance), unjoined_.end());
+  for (auto& reader : instance->readers) {
+    if (reader) reader->join();  // interrupted and never given a line to deliver: returns at once
+  }
+  if (!exited) {
+    log_event(instance.get(), LogLevel::Error,
+              "pid " + std::to_string(instance->process->pid()) + " did not exit after being killed: abandoned");
+  }
 }
 
 Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instance) {
-  // Under the instance's lock: a reader cannot count itself finished (and so
-  // be joined by the supervisor) before its handle is stored.
-  std::lock_guard<std::mutex> lock(instance->mutex);
+  instance->readers_running = 2;
   for (int index = 0; index < 2; ++index) {
-    Instance* raw = instance.get();
-    auto thread = platform::start_thread(options_.reader_stack_bytes, [this, raw, index] { read_stream(*raw, index); }, "a reader");
+    auto thread = platform::start_thread(
+        options_.reader_stack_bytes,
+        [self = shared_from_this(), instance, index] { self->read_stream(instance, index); }, "a reader");
     if (!thread) {
       instance->readers_running -= 2 - index;  // this reader and any after it never ran
-      instance->changed.notify_all();
       return std::move(thread).error();
     }
     instance->readers[index] = std::move(*thread);
@@ -275,13 +356,16 @@ Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instanc
   return {};
 }
 
-void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
+void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int index) {
+  tls_backend = this;
+  tls_reader_of = instance.get();
+  tls_reader_stream = index;
   // Hands each line to the sink. A continuation keeps the level found at the
   // start of its line: a cut-off middle says nothing about severity.
   class Forwarder final : public LineSplitter::Sink {
    public:
-    Forwarder(LogSink& sink, const Instance& instance, LogStream stream)
-        : sink_(sink), instance_(instance), stream_(stream) {}
+    Forwarder(Impl& impl, const Instance& instance, LogStream stream)
+        : impl_(impl), instance_(instance), stream_(stream) {}
     void line(std::string_view text, bool continuation) override {
       if (!continuation) level_ = detect_level(text);
       LogRecord record;
@@ -292,153 +376,74 @@ void LocalProcessBackend::Impl::read_stream(Instance& instance, int index) {
       record.line = text;
       record.continuation = continuation;
       record.timestamp = received;
-      sink_.write(record);
+      impl_.deliver(record);
     }
     // When the chunk being split was read: one clock read per read() rather
     // than per line (per line it cost more than the rest of the forwarding).
     std::chrono::system_clock::time_point received{};
 
    private:
-    LogSink& sink_;
+    Impl& impl_;
     const Instance& instance_;
     LogStream stream_;
     LogLevel level_ = LogLevel::Info;
   };
 
-  Forwarder forwarder(*sink_, instance, index == 0 ? LogStream::Stdout : LogStream::Stderr);
-  LineSplitter splitter(options_.max_line_bytes, forwarder);
-  std::unique_ptr<char[]> buffer(new char[kReadChunkBytes]);
-  platform::PipeReader& pipe = *instance.pipes[index];
-  for (;;) {
-    std::ptrdiff_t count = pipe.read(buffer.get(), kReadChunkBytes);
-    if (count <= 0) break;
+  // Until spawn has registered the instance, its pipes may be interrupted
+  // (spawn failed) before anything is read: that costs nothing here.
+  {
+    Forwarder forwarder(*this, *instance, index == 0 ? LogStream::Stdout : LogStream::Stderr);
+    LineSplitter splitter(options_.max_line_bytes, forwarder);
+    std::unique_ptr<char[]> buffer(new char[kReadChunkBytes]);
+    platform::PipeReader& pipe = *instance->pipes[index];
+    for (;;) {
+      std::ptrdiff_t count = pipe.read(buffer.get(), kReadChunkBytes);
+      if (count <= 0) break;
+      forwarder.received = std::chrono::system_clock::now();
+      instance->lifecycle.delivering(index, true);
+      splitter.feed(std::string_view(buffer.get(), static_cast<std::size_t>(count)));
+      instance->lifecycle.delivering(index, false);
+    }
     forwarder.received = std::chrono::system_clock::now();
-    splitter.feed(std::string_view(buffer.get(), static_cast<std::size_t>(count)));
+    instance->lifecycle.delivering(index, true);
+    splitter.finish();
+    instance->lifecycle.delivering(index, false);
   }
-  forwarder.received = std::chrono::system_clock::now();
-  splitter.finish();
-
-  bool finished;
-  {
-    std::lock_guard<std::mutex> lock(instance.mutex);
-    --instance.readers_running;
-    instance.changed.notify_all();
-    finished = instance.readers_running == 0 && instance.status;
-  }
-  if (finished) {
-    std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
-    wake_supervisor();
-  }
-}
-
-// Runs on the exit monitor's thread.
-void LocalProcessBackend::Impl::on_exit_signalled(const InstancePtr& instance) {
-  auto status = instance->process->try_reap();
-  if (!status) return;
-  // Out of the live map before the status is published: whoever waits for the
-  // status (stop_instance, the shutdown) must not list it afterwards.
-  {
-    std::unique_lock<std::shared_mutex> lock(instances_mutex_);
-    instances_.erase(instance->handle.instance_id);
-  }
-  // Status and report are published under the supervisor's lock in one step:
-  // otherwise a destroying supervisor could see the status (so join it and
-  // find nothing left) before the report is queued, and exit without ever
-  // reporting this exit. Lock order: lifecycle_mutex_, then instance->mutex.
-  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
-  {
-    std::lock_guard<std::mutex> lock(instance->mutex);
-    status->forced = instance->killed;
-    instance->status = status;
-    instance->changed.notify_all();
-  }
-  exit_reports_.push_back({instance, Clock::now() + options_.drain_timeout});
-  wake_supervisor();
+  apply(instance, instance->lifecycle.stream_closed(index, Clock::now()), true);
+  instance->readers_running.fetch_sub(1);
+  notify();
+  tls_reader_of = nullptr;
+  tls_backend = nullptr;
 }
 
 // ---------------------------------------------------------------------------
 // Stopping
 // ---------------------------------------------------------------------------
 
-// Sends the graceful step (once per instance). Returns false when there is no
-// step to wait for, so the caller kills at once instead of sitting out the grace.
-bool LocalProcessBackend::Impl::begin_stop(Instance& instance, Clock::time_point deadline) {
-  bool graceful;
-  {
-    std::lock_guard<std::mutex> lock(instance.mutex);
-    if (instance.status) return true;
-    if (instance.stop_started) return instance.stop_deadline > Clock::now();
-    instance.stop_started = true;
-    instance.stop_deadline = deadline;
-    graceful = instance.process->request_stop();
-  }
-  log_event(&instance, LogLevel::Info, graceful ? "stopping: graceful stop requested" : "stopping: no graceful step, killing");
-  return graceful;
-}
-
-void LocalProcessBackend::Impl::stop_all(const std::vector<InstancePtr>& group, Clock::time_point deadline) {
-  // 1. Every graceful step at once.
-  std::vector<bool> graceful;
-  for (const auto& instance : group) graceful.push_back(begin_stop(*instance, deadline));
-
-  // 2. One shared deadline; an instance with no graceful step is killed now.
-  for (std::size_t i = 0; i < group.size(); ++i) {
-    Instance& instance = *group[i];
-    std::unique_lock<std::mutex> lock(instance.mutex);
-    Clock::time_point until = std::min(deadline, instance.stop_deadline);
-    if (graceful[i]) instance.changed.wait_until(lock, until, [&] { return instance.status.has_value(); });
-    if (!instance.status && !instance.killed) {
-      // Decide and kill under the one lock: several threads stopping the same
-      // instance at once must escalate (and report it) only once.
-      instance.killed = true;
-      instance.process->kill_tree();
-      lock.unlock();
-      log_event(&instance, LogLevel::Warn,
-                graceful[i] ? "grace period expired: escalated to SIGKILL" : "killed (no graceful step)");
-    }
-  }
-  for (const auto& instance : group) {
-    std::unique_lock<std::mutex> lock(instance->mutex);
-    if (!instance->changed.wait_for(lock, kReapAfterKillBound, [&] { return instance->status.has_value(); })) {
-      lock.unlock();
-      log_event(instance.get(), LogLevel::Error, "still not reaped after being killed");
-    }
-  }
-
-  // 3. Drain: a descendant (still in the tree) may hold the pipes after the
-  // child exited. Let it finish until the deadline, then kill the tree.
-  std::vector<InstancePtr> lingering;
-  for (const auto& instance : group) {
-    std::unique_lock<std::mutex> lock(instance->mutex);
-    if (!instance->changed.wait_until(lock, deadline, [&] { return instance->drained(); })) {
-      lingering.push_back(instance);
-    }
-  }
-  // A descendant that left the tree (setsid) but kept the pipes is still the
-  // module's: whoever holds them is killed too.
-  for (const auto& instance : lingering) {
+// Starts every stop at once, then drives all of them against one deadline
+// until each is reaped or its stop failed, within G + K + 2D.
+void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group, Clock::time_point deadline) {
+  Clock::time_point now = Clock::now();
+  for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, deadline), true);
+  const Clock::time_point bound = std::max(deadline, now) + after_kill_bound();
+  for (;;) {
+    std::uint64_t seen;
     {
-      std::lock_guard<std::mutex> lock(instance->mutex);
-      instance->killed = true;
-      instance->process->kill_tree();
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      seen = generation_;
     }
-    log_event(instance.get(), LogLevel::Warn, "output still open after exit: killed the process tree");
-    if (int escaped = instance->process->kill_pipe_holders(); escaped > 0) {
-      log_event(instance.get(), LogLevel::Warn,
-                "killed " + std::to_string(escaped) + " process(es) outside the tree holding the output open");
+    now = Clock::now();
+    bool all_settled = true;
+    Clock::time_point next = bound;
+    for (const auto& instance : group) {
+      apply(instance, instance->lifecycle.tick(now), true);
+      if (instance->lifecycle.settled() && !instance->lifecycle.records_pending()) continue;
+      all_settled = false;
+      if (auto due = instance->lifecycle.next_deadline()) next = std::min(next, *due);
     }
-  }
-  Clock::time_point drain_deadline = Clock::now() + options_.drain_timeout;
-  for (const auto& instance : lingering) {
-    std::unique_lock<std::mutex> lock(instance->mutex);
-    if (!instance->changed.wait_until(lock, drain_deadline, [&] { return instance->drained(); })) {
-      // Held by something we may not kill (another user's process, handed
-      // the pipe): stop reading rather than block forever.
-      for (auto& pipe : instance->pipes) pipe->interrupt();
-      instance->changed.wait(lock, [&] { return instance->drained(); });
-      lock.unlock();
-      log_event(instance.get(), LogLevel::Warn, "output pipes held open by a process modkit cannot kill: stopped reading");
-    }
+    if (all_settled || now >= bound) return;
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    state_changed_.wait_until(lock, next, [&] { return generation_ != seen; });
   }
 }
 
@@ -449,17 +454,28 @@ Result<std::optional<ExitStatus>> LocalProcessBackend::Impl::stop(const Instance
     auto it = instances_.find(handle.instance_id);
     if (it != instances_.end()) instance = it->second;
   }
-  if (!instance) {
-    // Exited already, but a descendant may still hold its output open.
-    std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-    for (const auto& candidate : unjoined_) {
-      if (candidate->handle.instance_id == handle.instance_id) instance = candidate;
-    }
+  if (!instance || instance->lifecycle.phase() == core::Phase::Reaped) return std::optional<ExitStatus>();
+  auto with_module = [&](Error error) {
+    if (error.message.rfind("module '", 0) != 0) error.message = "module '" + handle.module + "': " + error.message;
+    return error;
+  };
+
+  if (tls_reader_of == instance.get()) {
+    // The sink, on this instance's own reader: the drain cannot finish while
+    // we wait here. Start the stop; the supervisor carries it on.
+    apply(instance, instance->lifecycle.begin_stop(Clock::now(), Clock::now() + options_.stop_grace), true);
+    return with_module(make_error(std::errc::resource_deadlock_would_occur,
+                                  "stop_instance called from the sink on the instance's own reader thread: the stop "
+                                  "was started and goes on without waiting"));
   }
-  if (!instance) return std::optional<ExitStatus>();
-  stop_all({instance}, Clock::now() + options_.stop_grace);
-  std::lock_guard<std::mutex> lock(instance->mutex);
-  return instance->status;
+  stop_group({instance}, Clock::now() + options_.stop_grace);
+  if (auto status = instance->lifecycle.status()) {
+    unlist(*instance);
+    return std::optional<ExitStatus>(status);
+  }
+  if (auto error = instance->lifecycle.stop_error()) return with_module(*error);
+  return with_module(make_error(std::errc::timed_out, "pid " + std::to_string(instance->process->pid()) +
+                                                          " was not reaped within the stop bound"));
 }
 
 std::vector<InstanceHandle> LocalProcessBackend::Impl::list(std::string_view module) {
@@ -473,131 +489,284 @@ std::vector<InstanceHandle> LocalProcessBackend::Impl::list(std::string_view mod
   return result;
 }
 
+std::vector<InstancePtr> LocalProcessBackend::Impl::live_instances() {
+  std::vector<InstancePtr> group;
+  std::shared_lock<std::shared_mutex> lock(instances_mutex_);
+  for (const auto& entry : instances_) group.push_back(entry.second);
+  return group;
+}
+
+void LocalProcessBackend::Impl::wait_for_shutdown() {
+  Clock::time_point deadline;
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    if (!cancel_seen_ || tls_backend == this) return;
+    deadline = shutdown_deadline_;
+  }
+  stop_group(live_instances(), deadline);
+}
+
+// An instance that could not be stopped in the bound: let go of it. Its
+// readers are interrupted (joined later, or detached if a sink holds them);
+// the process object never blocks or signals when destroyed.
+void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
+  monitor_->unwatch(*instance->process);
+  for (auto& pipe : instance->pipes) {
+    if (pipe) pipe->interrupt();
+  }
+  unlist(*instance);
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    instance->abandoned = true;
+    instance->reported = true;
+  }
+  std::string why = "not stopped";
+  if (auto error = instance->lifecycle.stop_error()) why = error->message;
+  log_event(instance.get(), LogLevel::Error,
+            "abandoned pid " + std::to_string(instance->process->pid()) + " (" + why +
+                "): it may keep running, and stays a zombie of this process if it ends");
+}
+
 // ---------------------------------------------------------------------------
 // The supervisor thread
 // ---------------------------------------------------------------------------
 
+void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
+  ExitStatus status = *instance->lifecycle.status();
+  bool stopping = instance->lifecycle.stop_requested();
+  LogLevel level = LogLevel::Info;
+  if (!status.success() && !stopping) level = status.kind == ExitStatus::Kind::Signaled ? LogLevel::Error : LogLevel::Warn;
+  std::string text;
+  if (status.kind == ExitStatus::Kind::Exited) {
+    text = "exited with code " + std::to_string(status.code);
+  } else if (status.kind == ExitStatus::Kind::Signaled) {
+    text = "killed by signal " + std::to_string(status.code);
+  } else {
+    text = "exited, status unknown (reaped by someone else)";
+  }
+  if (status.forced) text += " (forced after the grace period)";
+  log_event(instance.get(), level, text);
+  bool call;
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    call = !torn_down_ && options_.on_exit;
+  }
+  if (!call) return;
+#if defined(__cpp_exceptions)
+  try {
+    options_.on_exit(instance->handle, status);
+  } catch (...) {
+    log_event(instance.get(), LogLevel::Error, "on_exit threw an exception (ignored)");
+  }
+#else
+  options_.on_exit(instance->handle, status);
+#endif
+}
+
 void LocalProcessBackend::Impl::supervise() {
-  std::unique_lock<std::mutex> lock(lifecycle_mutex_);
+  tls_backend = this;
+  bool shutdown_started = false;
+  std::unique_lock<std::mutex> lock(state_mutex_);
   for (;;) {
-    std::uint64_t seen = wake_generation_;
-    std::optional<Clock::time_point> next_report = report_exits(lock);
-    join_finished(lock);
-    if ((cancel_seen_ || destroying_) && !shutdown_done_) {
-      lock.unlock();
-      shutdown_everything();
+    std::uint64_t seen = generation_;
+    // 1. Records from threads that may not call the sink, then exit reports.
+    while (!pending_records_.empty() || !reports_.empty()) {
+      if (!pending_records_.empty()) {
+        PendingRecord pending = std::move(pending_records_.front());
+        pending_records_.pop_front();
+        lock.unlock();
+        log_event(pending.instance.get(), pending.record.level, pending.record.text);
+        pending.instance->lifecycle.records_delivered(1);
+        notify();
+      } else {
+        InstancePtr instance = std::move(reports_.front());
+        reports_.pop_front();
+        instance->reported = true;
+        lock.unlock();
+        report_exit(instance);
+      }
       lock.lock();
-      shutdown_done_ = true;
-      shutdown_finished_.notify_all();
+    }
+    // 2. Join the readers of reported instances whose readers have returned.
+    std::vector<InstancePtr> finished;
+    for (auto it = unjoined_.begin(); it != unjoined_.end();) {
+      if ((*it)->reported && (*it)->readers_running.load() == 0) {
+        finished.push_back(std::move(*it));
+        it = unjoined_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (destroying_) {
+      // The destructor joins what is left.
+      for (auto& instance : finished) unjoined_.push_back(std::move(instance));
+      supervisor_done_ = true;
+      state_changed_.notify_all();
+      return;
+    }
+    bool start_shutdown = cancel_seen_ && !shutdown_started;
+    Clock::time_point shutdown_deadline = shutdown_deadline_;
+    std::vector<InstancePtr> watch = unjoined_;
+    lock.unlock();
+    for (auto& instance : finished) {
+      for (auto& reader : instance->readers) {
+        if (reader) reader->join();
+      }
+    }
+    finished.clear();
+    if (start_shutdown) {
+      shutdown_started = true;
+      auto group = live_instances();
+      if (!group.empty()) {
+        log_event(nullptr, LogLevel::Info, "shutting down: stopping " + std::to_string(group.size()) + " instance(s)");
+      }
+      stop_group(group, shutdown_deadline);
+      if (!group.empty()) log_event(nullptr, LogLevel::Info, "shutdown complete: every instance stopped");
+      lock.lock();
       continue;
     }
-    if (destroying_ && unjoined_.empty() && exit_reports_.empty()) return;
-    auto woken = [&] { return wake_generation_ != seen; };
-    if (next_report) {
-      supervisor_wake_.wait_until(lock, *next_report, woken);
-    } else {
-      supervisor_wake_.wait(lock, woken);
-    }
-  }
-}
-
-// Reports the exits whose output has drained (or whose drain is overdue);
-// returns when the next one falls due.
-std::optional<Clock::time_point> LocalProcessBackend::Impl::report_exits(std::unique_lock<std::mutex>& lock) {
-  for (;;) {
-    std::optional<Clock::time_point> next_due;
-    auto ready = exit_reports_.end();
+    // 3. Deadlines nobody else is waiting for (drains after a natural exit,
+    // a stop started from a sink).
     Clock::time_point now = Clock::now();
-    for (auto it = exit_reports_.begin(); it != exit_reports_.end(); ++it) {
-      bool drained;
-      {
-        std::lock_guard<std::mutex> guard(it->instance->mutex);
-        drained = it->instance->drained();
-      }
-      if (drained || now >= it->due) {
-        ready = it;
-        break;
-      }
-      if (!next_due || it->due < *next_due) next_due = it->due;
+    std::optional<Clock::time_point> next;
+    for (const auto& instance : watch) {
+      apply(instance, instance->lifecycle.tick(now), true);
+      if (auto due = instance->lifecycle.next_deadline()) next = next ? std::min(*next, *due) : *due;
     }
-    if (ready == exit_reports_.end()) return next_due;
-    InstancePtr instance = std::move(ready->instance);
-    exit_reports_.erase(ready);
-    lock.unlock();
-    ExitStatus status;
-    bool stopping;
-    {
-      std::lock_guard<std::mutex> guard(instance->mutex);
-      status = *instance->status;
-      stopping = instance->stop_started;
-    }
-    std::ostringstream text;
-    text << status;
-    LogLevel level = LogLevel::Info;
-    if (!status.success() && !stopping) level = status.kind == ExitStatus::Kind::Signaled ? LogLevel::Error : LogLevel::Warn;
-    log_event(instance.get(), level, text.str());
-    if (options_.on_exit) options_.on_exit(instance->handle, status);
+    watch.clear();
     lock.lock();
-  }
-}
-
-void LocalProcessBackend::Impl::join_finished(std::unique_lock<std::mutex>& lock) {
-  std::vector<InstancePtr> finished;
-  for (auto it = unjoined_.begin(); it != unjoined_.end();) {
-    bool done;
-    {
-      std::lock_guard<std::mutex> guard((*it)->mutex);
-      done = (*it)->status.has_value() && (*it)->drained();
-    }
-    if (done) {
-      finished.push_back(std::move(*it));
-      it = unjoined_.erase(it);
+    auto woken = [&] { return generation_ != seen; };
+    if (next) {
+      state_changed_.wait_until(lock, *next, woken);
     } else {
-      ++it;
+      state_changed_.wait(lock, woken);
     }
   }
-  if (finished.empty()) return;
-  lock.unlock();
-  for (auto& instance : finished) {
-    for (auto& reader : instance->readers) {
-      if (reader) reader->join();
-    }
-  }
-  finished.clear();
-  lock.lock();
 }
 
-void LocalProcessBackend::Impl::shutdown_everything() {
+// ---------------------------------------------------------------------------
+// Teardown
+// ---------------------------------------------------------------------------
+
+void LocalProcessBackend::Impl::teardown() {
+  registration_.reset();
   {
     std::unique_lock<std::shared_mutex> lock(instances_mutex_);
     closed_ = true;
   }
-  std::vector<InstancePtr> group;
+  // Destroyed from a sink on an instance's own reader: that stream will not
+  // be read any further, so the stop below need not wait for it.
+  auto group = live_instances();
+  if (tls_backend == this && tls_reader_of != nullptr) {
+    for (const auto& instance : group) {
+      if (instance.get() != tls_reader_of) continue;
+      for (auto& pipe : instance->pipes) {
+        if (pipe) pipe->interrupt();
+      }
+      apply(instance, instance->lifecycle.stream_closed(tls_reader_stream, Clock::now()), true);
+    }
+  }
+  if (monitor_) {
+    stop_group(group, Clock::now() + options_.shutdown_grace);
+    for (const auto& instance : group) {
+      if (!instance->lifecycle.status()) abandon(instance);
+    }
+  }
+
+  // The supervisor reports what is left, then ends; it may be busy in
+  // on_exit, so the wait is bounded.
+  Clock::time_point bound = Clock::now() + options_.drain_timeout + kBoundSlack;
   {
-    std::lock_guard<std::mutex> lock(lifecycle_mutex_);
-    group = unjoined_;
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    destroying_ = true;
+    ++generation_;
+    state_changed_.notify_all();
+    bool on_supervisor = supervisor_ && supervisor_->is_current();
+    if (supervisor_ && !on_supervisor) state_changed_.wait_until(lock, bound, [&] { return supervisor_done_; });
+    bool done = supervisor_done_;
+    lock.unlock();
+    if (supervisor_) {
+      if (done) {
+        supervisor_->join();
+      } else {
+        supervisor_->detach();
+        if (!on_supervisor) log_event(nullptr, LogLevel::Error, "on_exit has not returned: supervisor thread abandoned");
+      }
+    }
   }
-  if (!group.empty()) {
-    std::ostringstream text;
-    text << "shutting down: stopping " << group.size() << " instance(s)";
-    log_event(nullptr, LogLevel::Info, text.str());
+  if (monitor_) monitor_->shutdown();
+
+  // Readers end at EOF or once interrupted, unless a sink call holds them.
+  std::vector<InstancePtr> unjoined;
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    unjoined.swap(unjoined_);
   }
-  stop_all(group, Clock::now() + options_.shutdown_grace);
-  if (!group.empty()) log_event(nullptr, LogLevel::Info, "shutdown complete: every instance stopped");
+  for (const auto& instance : unjoined) {
+    for (auto& pipe : instance->pipes) {
+      if (pipe) pipe->interrupt();
+    }
+  }
+  {
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    state_changed_.wait_until(lock, bound, [&] {
+      for (const auto& instance : unjoined) {
+        int own = (tls_reader_of == instance.get()) ? 1 : 0;
+        if (instance->readers_running.load() > own) return false;
+      }
+      return true;
+    });
+  }
+  int abandoned_readers = 0;
+  for (const auto& instance : unjoined) {
+    bool all_done = instance->readers_running.load() == 0;
+    for (auto& reader : instance->readers) {
+      if (!reader) continue;
+      if (all_done) {
+        reader->join();
+      } else if (reader->is_current()) {
+        reader->detach();
+      } else {
+        // Either done (join is immediate) or stuck in the sink: we cannot
+        // tell the two streams apart cheaply, so detach both; a detached
+        // thread holds what it uses and ends when the sink returns.
+        reader->detach();
+        ++abandoned_readers;
+      }
+    }
+  }
+  if (abandoned_readers > 0) {
+    log_event(nullptr, LogLevel::Error, "a sink call has not returned: " + std::to_string(abandoned_readers) +
+                                            " reader thread(s) abandoned; they end when the sink returns");
+  }
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  torn_down_ = true;
 }
 
 // ---------------------------------------------------------------------------
 // Public face
 // ---------------------------------------------------------------------------
 
-LocalProcessBackend::LocalProcessBackend(CancellationToken token, std::shared_ptr<LogSink> sink,
-                                         LocalProcessOptions options)
-    : impl_(std::make_unique<Impl>(std::move(token), sink ? std::move(sink) : std::make_shared<TextLogSink>(),
-                                   std::move(options))) {
-  impl_->start();
+Result<std::unique_ptr<LocalProcessBackend>> LocalProcessBackend::create(CancellationToken token,
+                                                                         std::shared_ptr<LogSink> sink,
+                                                                         LocalProcessOptions options) {
+  std::unique_ptr<LocalProcessBackend> backend(
+      new LocalProcessBackend(std::move(token), std::move(sink), std::move(options)));
+  if (backend->impl_->start_error()) return *backend->impl_->start_error();
+  return backend;
 }
 
-LocalProcessBackend::~LocalProcessBackend() = default;
+LocalProcessBackend::LocalProcessBackend(CancellationToken token, std::shared_ptr<LogSink> sink,
+                                         LocalProcessOptions options)
+    : impl_(std::make_shared<Impl>(std::move(token), sink ? std::move(sink) : std::make_shared<TextLogSink>(),
+                                   std::move(options))) {
+  auto started = impl_->start();
+  if (!started) {
+    impl_->log_event(nullptr, LogLevel::Error, "cannot start the backend: " + started.error().message);
+  }
+}
+
+LocalProcessBackend::~LocalProcessBackend() { impl_->teardown(); }
 
 Result<InstanceHandle> LocalProcessBackend::spawn_instance(const OopModuleConfig& config) {
   return impl_->spawn(config);

@@ -9,19 +9,23 @@
 
 namespace modkit::platform {
 
-/// Calls a callback once per watched process when it has exited (the callback
-/// then reaps it with Process::try_reap). Callbacks run on the monitor's own
-/// thread(s) with no lock of the monitor held, so they may call watch().
+/// Calls a callback once per watched process when it has exited (without
+/// reaping it). Callbacks run on the monitor's own thread(s) with no lock of
+/// the monitor held; they must not block (they run no host code).
 class ExitMonitor {
  public:
   virtual ~ExitMonitor() = default;
-  /// `process` must outlive the callback's call.
+  /// `process` must outlive the watch: until the callback has run, unwatch()
+  /// has returned, or shutdown() has returned.
   virtual Result<void> watch(Process& process, std::function<void()> on_exit) = 0;
+  /// Forgets `process`: its callback will not run after this returns.
+  virtual void unwatch(Process& process) = 0;
   /// Stops and joins the monitor's threads. Processes still watched get no callback.
   virtual void shutdown() = 0;
 };
 
 /// `prefer_pidfd` is a hint for Linux (see LocalProcessOptions::use_pidfd).
+/// Errors: resource_unavailable_try_again when the monitor's thread cannot start.
 Result<std::unique_ptr<ExitMonitor>> make_exit_monitor(bool prefer_pidfd);
 
 }  // namespace modkit::platform

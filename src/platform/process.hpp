@@ -28,11 +28,14 @@ struct SpawnRequest {
   bool allow_batch_files = false;
 };
 
-/// A started child. Thread-safe: signalling and reaping may happen from
-/// different threads; signals are never sent once the child has been reaped,
-/// so a recycled pid is never hit.
+/// A started child. Thread-safe. The child stays unreaped (a zombie once it
+/// has exited) until reap(): while it is unreaped its pid and group id cannot
+/// be given to another process, so the group signals below are safe. Once
+/// reaped (by reap(), or by someone else: see peek_exit), every signal call
+/// is a no-op: a recycled pid is never hit.
 class Process {
  public:
+  /// Never blocks and never signals; an unreaped child is left as it is.
   virtual ~Process() = default;
   virtual std::int64_t pid() const = 0;
 
@@ -40,30 +43,39 @@ class Process {
   virtual std::unique_ptr<PipeReader> take_stdout() = 0;
   virtual std::unique_ptr<PipeReader> take_stderr() = 0;
 
-  /// Asks the child to stop (its GracefulStop). Returns false when there is no
-  /// graceful step to wait for (GracefulStop::None, or already reaped).
-  virtual bool request_stop() = 0;
-  /// Kills the child and its whole tree (process group / Job object). Safe to
-  /// call after the child was reaped: then only descendants still in the tree
-  /// are killed.
-  virtual void kill_tree() = 0;
-  /// Kills processes outside the tree that still hold the child's output
-  /// pipes (a descendant that left the process group, e.g. with setsid).
-  /// Returns how many. Windows: none can exist, as a Job object's
-  /// descendants cannot leave it.
-  virtual int kill_pipe_holders() = 0;
+  /// What the ExitMonitor waits on: a pidfd (Linux) or the process handle
+  /// (Windows), owned by this object; -1 when there is none (the monitor then
+  /// uses the pid).
+  virtual std::intptr_t exit_handle() const = 0;
 
-  /// Reaps the child if it has exited; never blocks. Called by the ExitMonitor
-  /// when the exit was signalled. Returns the status the first time it
-  /// succeeds, then nullopt.
-  virtual std::optional<ExitStatus> try_reap() = 0;
-  /// Blocks until the child exits and reaps it. Only for error paths where no
-  /// ExitMonitor watches the child; returns nullopt if it was already reaped.
-  virtual std::optional<ExitStatus> reap_blocking() = 0;
+  /// Asks the child to stop (its GracefulStop; POSIX: SIGTERM then SIGCONT to
+  /// the group, so a stopped child can act on it). Returns false when there is
+  /// no graceful step to wait for. Error operation_not_permitted (naming the
+  /// pid) when no process of the group may be signalled.
+  virtual Result<bool> request_stop() = 0;
+  /// Kills the child's whole tree (process group / Job object). Same errors.
+  virtual Result<void> kill_tree() = 0;
+  /// Kills processes outside the tree that hold the write end of the child's
+  /// output pipes (a descendant that left the process group), never the host
+  /// or a process the host forked. Repeats the search until it finds none (a
+  /// bounded number of rounds). Returns how many were killed. Windows: none
+  /// can exist (a Job's descendants cannot leave it).
+  virtual int kill_output_holders() = 0;
+
+  /// The exit status once the child has exited, without reaping it; nullopt
+  /// while it runs. Kind::Unknown when someone else reaped it (a host calling
+  /// waitpid(-1), or SIGCHLD ignored); signals are off from then on.
+  virtual std::optional<ExitStatus> peek_exit() = 0;
+  /// Waits up to `timeout` for the exit (for error paths where no monitor
+  /// watches the child); returns peek_exit().
+  virtual std::optional<ExitStatus> wait_for_exit(std::chrono::milliseconds timeout) = 0;
+  /// Reaps the exited child: call only after peek_exit() returned a status.
+  /// After this no signal reaches the pid again.
+  virtual void reap() = 0;
 };
 
 /// Starts a child. On failure nothing is left behind: no process, no zombie,
-/// no descriptor or handle.
+/// no descriptor or handle. Errors name the module and the path.
 Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request);
 
 }  // namespace modkit::platform

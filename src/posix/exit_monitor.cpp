@@ -1,6 +1,7 @@
 // Exit observation on Linux without SIGCHLD handlers or waitpid(-1), which
 // would steal the host's own children: one epoll thread over pidfds (Linux
-// 5.3+), or, without pidfd_open, one thread per child blocked in waitid().
+// 5.3+), or, without pidfds, one thread per child blocked in waitid(WNOWAIT).
+// Neither reaps: the core reaps last, after its group kills (see process.hpp).
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -9,20 +10,23 @@
 #include <unistd.h>
 
 #include <cstdint>
-#include <list>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "platform/exit_monitor.hpp"
 #include "platform/system.hpp"
+#include "platform/thread.hpp"
 #include "posix/unique_fd.hpp"
 
 namespace modkit::platform {
 namespace {
 
 using posix::UniqueFd;
+
+constexpr std::size_t kMonitorStackBytes = 64 * 1024;
 
 int pidfd_open(std::int64_t pid) {
 #ifdef SYS_pidfd_open
@@ -36,79 +40,107 @@ int pidfd_open(std::int64_t pid) {
 
 class PidfdExitMonitor final : public ExitMonitor {
  public:
-  PidfdExitMonitor(UniqueFd epoll, UniqueFd wake) : epoll_(std::move(epoll)), wake_(std::move(wake)) {
-    thread_ = std::thread([this] { run(); });
-  }
+  PidfdExitMonitor(UniqueFd epoll, UniqueFd wake) : epoll_(std::move(epoll)), wake_(std::move(wake)) {}
   ~PidfdExitMonitor() override { shutdown(); }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit) override {
-    UniqueFd pidfd(pidfd_open(process.pid()));
-    if (!pidfd) return Error{last_error(), "cannot watch the child: pidfd_open failed"};
-    std::lock_guard<std::mutex> lock(mutex_);
+  Result<void> start() {
     epoll_event event{};
     event.events = EPOLLIN;
-    event.data.fd = pidfd.get();
-    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pidfd.get(), &event) != 0) {
-      return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
+    event.data.ptr = nullptr;  // the wake-up
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &event) != 0) {
+      return Error{last_error(), "cannot start the exit monitor: epoll_ctl failed"};
     }
-    int key = pidfd.get();
-    watched_.emplace(key, Entry{std::move(pidfd), static_cast<pid_t>(process.pid()), std::move(on_exit)});
+    auto thread = start_thread(kMonitorStackBytes, [this] { run(); }, "the exit monitor");
+    if (!thread) return std::move(thread).error();
+    thread_ = std::move(*thread);
     return {};
   }
 
+  Result<void> watch(Process& process, std::function<void()> on_exit) override {
+    auto entry = std::make_unique<Entry>();
+    entry->pid = static_cast<pid_t>(process.pid());
+    entry->on_exit = std::move(on_exit);
+    if (process.exit_handle() >= 0) {
+      entry->fd = static_cast<int>(process.exit_handle());
+    } else {
+      entry->owned.reset(pidfd_open(process.pid()));
+      if (!entry->owned) return Error{last_error(), "cannot watch the child: pidfd_open failed"};
+      entry->fd = entry->owned.get();
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.ptr = &process;
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->fd, &event) != 0) {
+      return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
+    }
+    watched_[&process] = std::move(entry);
+    return {};
+  }
+
+  void unwatch(Process& process) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto it = watched_.find(&process);
+    if (it != watched_.end()) {
+      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
+      watched_.erase(it);
+    }
+    // A callback already taken out runs without the lock: wait until it is done.
+    idle_.wait(lock, [&] { return firing_ != &process; });
+  }
+
   void shutdown() override {
-    if (!thread_.joinable()) return;
+    if (!thread_) return;
     std::uint64_t one = 1;
     while (write(wake_.get(), &one, sizeof one) < 0 && errno == EINTR) {
     }
-    thread_.join();
+    thread_->join();
+    thread_.reset();
     std::lock_guard<std::mutex> lock(mutex_);
     watched_.clear();
   }
 
  private:
   struct Entry {
-    UniqueFd pidfd;
-    pid_t pid;
+    int fd = -1;
+    UniqueFd owned;  // only when the process had no pidfd of its own
+    pid_t pid = 0;
     std::function<void()> on_exit;
   };
 
   // The pidfd turns readable when the child exits, but a child that was being
   // traced (a debugger, strace, a sanitizer's leak checker) at its exit cannot
-  // be reaped by us until its tracer lets go. Such an exit is deferred and
-  // checked again every few milliseconds instead of being reported too early
-  // (which would lose it: try_reap finds nothing, and the watch is gone).
-  static bool reapable(pid_t pid) {
+  // be waited for until its tracer lets go. Such an exit is deferred and
+  // checked again every few milliseconds instead of being reported too early.
+  static bool waitable(pid_t pid) {
     siginfo_t info{};
     int result;
     do {
       result = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
     } while (result != 0 && errno == EINTR);
-    return result != 0 || info.si_pid != 0;  // ECHILD: already reaped (SIGCHLD ignored)
+    return result != 0 || info.si_pid != 0;  // ECHILD: reaped by someone else
   }
 
-  // Runs the callback of watched_[fd] and forgets it; called without the lock.
-  void fire(int fd) {
-    std::function<void()> on_exit;
+  // Runs the callback of `process` and forgets it.
+  void fire(Process* process) {
+    std::unique_ptr<Entry> entry;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = watched_.find(fd);
+      auto it = watched_.find(process);
       if (it == watched_.end()) return;
-      on_exit = std::move(it->second.on_exit);
-      watched_.erase(it);  // closes the pidfd
+      entry = std::move(it->second);
+      watched_.erase(it);
+      firing_ = process;
     }
-    on_exit();
+    entry->on_exit();
+    std::lock_guard<std::mutex> lock(mutex_);
+    firing_ = nullptr;
+    idle_.notify_all();
   }
 
   void run() {
-    {
-      epoll_event event{};
-      event.events = EPOLLIN;
-      event.data.fd = wake_.get();
-      epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &event);
-    }
     epoll_event events[64];
-    std::vector<int> deferred;  // pidfds of exited children not reapable yet
+    std::vector<Process*> deferred;  // exited, not waitable yet (traced)
     for (;;) {
       int count = epoll_wait(epoll_.get(), events, 64, deferred.empty() ? -1 : 5);
       if (count < 0) {
@@ -116,30 +148,30 @@ class PidfdExitMonitor final : public ExitMonitor {
         count = 0;
       }
       for (int i = 0; i < count; ++i) {
-        int fd = events[i].data.fd;
-        if (fd == wake_.get()) return;
+        auto* process = static_cast<Process*>(events[i].data.ptr);
+        if (process == nullptr) return;  // shutdown
         pid_t pid;
         {
           std::lock_guard<std::mutex> lock(mutex_);
-          auto it = watched_.find(fd);
+          auto it = watched_.find(process);
           if (it == watched_.end()) continue;
-          epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-          pid = it->second.pid;
+          epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
+          pid = it->second->pid;
         }
-        if (reapable(pid)) {
-          fire(fd);
+        if (waitable(pid)) {
+          fire(process);
         } else {
-          deferred.push_back(fd);
+          deferred.push_back(process);
         }
       }
       for (auto it = deferred.begin(); it != deferred.end();) {
-        pid_t pid;
+        pid_t pid = 0;
         {
           std::lock_guard<std::mutex> lock(mutex_);
           auto entry = watched_.find(*it);
-          pid = entry == watched_.end() ? 0 : entry->second.pid;
+          if (entry != watched_.end()) pid = entry->second->pid;
         }
-        if (pid == 0 || reapable(pid)) {
+        if (pid == 0 || waitable(pid)) {
           if (pid != 0) fire(*it);
           it = deferred.erase(it);
         } else {
@@ -151,62 +183,90 @@ class PidfdExitMonitor final : public ExitMonitor {
 
   UniqueFd epoll_, wake_;
   std::mutex mutex_;
-  std::unordered_map<int, Entry> watched_;
-  std::thread thread_;
+  std::condition_variable idle_;
+  Process* firing_ = nullptr;
+  std::unordered_map<Process*, std::unique_ptr<Entry>> watched_;
+  std::unique_ptr<Thread> thread_;
 };
 
-// Fallback for kernels without pidfd_open: waitid(WNOWAIT) on one pid only
-// observes the exit and leaves the reaping to Process::try_reap.
+// Fallback without pidfds: waitid(WNOWAIT) on one pid observes the exit and
+// leaves the reaping to the core. A waiter cannot be interrupted, so one whose
+// child is abandoned (never exits) is detached; its state is shared, so it
+// touches nothing freed, and it runs no callback once unwatched.
 class WaiterThreadExitMonitor final : public ExitMonitor {
  public:
   ~WaiterThreadExitMonitor() override { shutdown(); }
 
   Result<void> watch(Process& process, std::function<void()> on_exit) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    join_finished();
+    auto waiter = std::make_shared<Waiter>();
+    waiter->on_exit = std::move(on_exit);
     auto pid = static_cast<id_t>(process.pid());
-    waiters_.emplace_back();
-    auto self = std::prev(waiters_.end());
-    self->thread = std::thread([this, pid, self, on_exit = std::move(on_exit)] {
+    auto thread = start_thread(kMonitorStackBytes, [waiter, pid] {
       siginfo_t info{};
       while (waitid(P_PID, pid, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
       }
-      on_exit();
-      std::lock_guard<std::mutex> guard(mutex_);
-      self->finished = true;
-    });
+      std::unique_lock<std::mutex> lock(waiter->mutex);
+      if (waiter->cancelled) return;
+      waiter->firing = true;
+      lock.unlock();
+      waiter->on_exit();
+      lock.lock();
+      waiter->firing = false;
+      waiter->finished = true;
+      waiter->changed.notify_all();
+    }, "an exit waiter");
+    if (!thread) return std::move(thread).error();
+    waiter->thread = std::move(*thread);
+    std::lock_guard<std::mutex> lock(mutex_);
+    waiters_[&process] = std::move(waiter);
     return {};
   }
 
-  // Called once every watched child has been reaped, so each waiter returns.
+  void unwatch(Process& process) override {
+    std::shared_ptr<Waiter> waiter;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = waiters_.find(&process);
+      if (it == waiters_.end()) return;
+      waiter = std::move(it->second);
+      waiters_.erase(it);
+    }
+    retire(*waiter);
+  }
+
   void shutdown() override {
-    std::list<Waiter> all;
+    std::unordered_map<Process*, std::shared_ptr<Waiter>> all;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       all.swap(waiters_);
     }
-    for (auto& waiter : all) waiter.thread.join();
+    for (auto& entry : all) retire(*entry.second);
   }
 
  private:
   struct Waiter {
-    std::thread thread;
-    bool finished = false;
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::function<void()> on_exit;
+    bool cancelled = false, firing = false, finished = false;
+    std::unique_ptr<Thread> thread;
   };
 
-  void join_finished() {
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (it->finished) {
-        it->thread.join();
-        it = waiters_.erase(it);
-      } else {
-        ++it;
-      }
+  static void retire(Waiter& waiter) {
+    std::unique_lock<std::mutex> lock(waiter.mutex);
+    waiter.cancelled = true;
+    waiter.changed.wait(lock, [&] { return !waiter.firing; });
+    bool finished = waiter.finished;
+    lock.unlock();
+    if (finished) {
+      waiter.thread->join();
+    } else {
+      waiter.thread->detach();
     }
   }
 
   std::mutex mutex_;
-  std::list<Waiter> waiters_;
+  std::unordered_map<Process*, std::shared_ptr<Waiter>> waiters_;
 };
 
 }  // namespace
@@ -219,7 +279,10 @@ Result<std::unique_ptr<ExitMonitor>> make_exit_monitor(bool prefer_pidfd) {
       UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
       UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
       if (epoll && wake) {
-        return std::unique_ptr<ExitMonitor>(std::make_unique<PidfdExitMonitor>(std::move(epoll), std::move(wake)));
+        auto monitor = std::make_unique<PidfdExitMonitor>(std::move(epoll), std::move(wake));
+        auto started = monitor->start();
+        if (!started) return std::move(started).error();
+        return std::unique_ptr<ExitMonitor>(std::move(monitor));
       }
       // Out of descriptors right now (EMFILE): the waiter threads need none,
       // whereas failing here would leave the backend unable to spawn for good.

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -57,7 +58,7 @@ struct ChildPlan {
   const char* working_directory;  // or nullptr
   int stdin_fd, stdout_fd, stderr_fd;  // all >= 3
   int error_fd;                        // >= 3, O_CLOEXEC
-  int max_fd;                          // last resort bound for closing descriptors
+  int max_fd;                          // last resort bound for closing descriptors (<= 65536)
 };
 
 // The kernel's struct sigaction for rt_sigaction (not glibc's, whose layout differs).
@@ -78,26 +79,59 @@ struct LinuxDirent64 {
 
 #define MODKIT_CHILD_CODE __attribute__((no_sanitize_address, no_sanitize_thread, no_sanitize_undefined, noinline))
 
-MODKIT_CHILD_CODE void child_fail(const ChildPlan& plan, ChildStage stage, int error) {
-  ChildFailure failure{stage, error};
-  syscall(SYS_write, plan.error_fd, &failure, sizeof failure);
-  syscall(SYS_exit, 127);
+// The child runs on the parent thread's TLS (CLONE_VM without CLONE_SETTLS),
+// so libc's syscall() would write the *parent's* errno on every failure. These
+// return -errno instead and touch no memory but their arguments.
+#if defined(__x86_64__)
+MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long result;
+  register long r10 __asm__("r10") = d;
+  __asm__ volatile("syscall" : "=a"(result) : "a"(number), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+  return result;
+}
+#elif defined(__aarch64__)
+MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
+  register long x8 __asm__("x8") = number;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+  return x0;
+}
+#else
+// Other architectures: libc's syscall(); spawn() restores the parent's errno.
+MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long result = syscall(number, a, b, c, d);
+  return result == -1 ? -errno : result;
+}
+#endif
+
+template <typename A = long, typename B = long, typename C = long, typename D = long>
+MODKIT_CHILD_CODE long sys(long number, A a = 0, B b = 0, C c = 0, D d = 0) {
+  return raw_syscall(number, (long)a, (long)b, (long)c, (long)d);  // NOLINT: raw register values
+}
+
+MODKIT_CHILD_CODE void child_fail(const ChildPlan& plan, ChildStage stage, long negative_error) {
+  ChildFailure failure{stage, static_cast<int>(-negative_error)};
+  sys(SYS_write, plan.error_fd, &failure, sizeof failure);
+  sys(SYS_exit, 127);
 }
 
 // Closes every descriptor >= 3 but the error pipe. Tried in order: mark all
 // close-on-exec (Linux 5.11), close two ranges (5.9), list /proc/self/fd, and
 // finally a loop to the descriptor limit.
 MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
-  if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return true;
-  if (syscall(SYS_close_range, 3U, static_cast<unsigned>(plan.error_fd - 1), 0U) == 0 &&
-      syscall(SYS_close_range, static_cast<unsigned>(plan.error_fd + 1), ~0U, 0U) == 0) {
+  if (sys(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return true;
+  if (sys(SYS_close_range, 3U, static_cast<unsigned>(plan.error_fd - 1), 0U) == 0 &&
+      sys(SYS_close_range, static_cast<unsigned>(plan.error_fd + 1), ~0U, 0U) == 0) {
     return true;
   }
-  long dir = syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  long dir = sys(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     alignas(8) char buffer[1024];
     for (;;) {
-      long size = syscall(SYS_getdents64, dir, buffer, sizeof buffer);
+      long size = sys(SYS_getdents64, dir, buffer, sizeof buffer);
       if (size <= 0) break;
       for (long offset = 0; offset < size;) {
         auto* entry = reinterpret_cast<LinuxDirent64*>(buffer + offset);
@@ -106,14 +140,17 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
         const char* digit = entry->d_name;
         if (*digit < '0' || *digit > '9') continue;
         for (; *digit >= '0' && *digit <= '9'; ++digit) fd = fd * 10 + (*digit - '0');
-        if (fd >= 3 && fd != plan.error_fd && fd != dir) syscall(SYS_close, fd);
+        if (fd >= 3 && fd != plan.error_fd && fd != dir) sys(SYS_close, fd);
       }
     }
-    syscall(SYS_close, dir);
+    sys(SYS_close, dir);
     return true;
   }
+  // Kernels before 5.9 without /proc: the parent bounded max_fd (highest
+  // descriptor it saw, at most 65536), so this loop cannot run to a huge
+  // RLIMIT_NOFILE.
   for (int fd = 3; fd <= plan.max_fd; ++fd) {
-    if (fd != plan.error_fd) syscall(SYS_close, fd);
+    if (fd != plan.error_fd) sys(SYS_close, fd);
   }
   return true;
 }
@@ -122,7 +159,7 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   const ChildPlan& plan = *static_cast<const ChildPlan*>(argument);
 
   // Lead a new process group, so stopping reaches every descendant.
-  if (syscall(SYS_setpgid, 0, 0) != 0) child_fail(plan, ChildStage::ProcessGroup, errno);
+  if (long error = sys(SYS_setpgid, 0, 0); error != 0) child_fail(plan, ChildStage::ProcessGroup, error);
 
   // Default dispositions for 1..64, real-time signals included (an ignored
   // signal would survive exec; CLONE_VM without CLONE_SIGHAND, so this is the
@@ -132,23 +169,25 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   default_action.handler = SIG_DFL;
   for (int signal_number = 1; signal_number <= 64; ++signal_number) {
     if (signal_number == SIGKILL || signal_number == SIGSTOP) continue;
-    syscall(SYS_rt_sigaction, signal_number, &default_action, nullptr, sizeof(unsigned long));
+    sys(SYS_rt_sigaction, signal_number, &default_action, nullptr, sizeof(unsigned long));
   }
   unsigned long empty_mask = 0;
-  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty_mask, nullptr, sizeof empty_mask);
+  sys(SYS_rt_sigprocmask, SIG_SETMASK, &empty_mask, nullptr, sizeof empty_mask);
 
   // All sources are >= 3, so dup3 never sees equal descriptors; the copies
   // on 0, 1 and 2 are not close-on-exec.
-  if (syscall(SYS_dup3, plan.stdin_fd, 0, 0) < 0 || syscall(SYS_dup3, plan.stdout_fd, 1, 0) < 0 ||
-      syscall(SYS_dup3, plan.stderr_fd, 2, 0) < 0) {
-    child_fail(plan, ChildStage::Descriptors, errno);
+  for (int target = 0; target < 3; ++target) {
+    int source = target == 0 ? plan.stdin_fd : target == 1 ? plan.stdout_fd : plan.stderr_fd;
+    if (long error = sys(SYS_dup3, source, target, 0); error < 0) child_fail(plan, ChildStage::Descriptors, error);
   }
-  if (plan.working_directory != nullptr && syscall(SYS_chdir, plan.working_directory) != 0) {
-    child_fail(plan, ChildStage::WorkingDirectory, errno);
+  if (plan.working_directory != nullptr) {
+    if (long error = sys(SYS_chdir, plan.working_directory); error != 0) {
+      child_fail(plan, ChildStage::WorkingDirectory, error);
+    }
   }
   child_close_descriptors(plan);
-  syscall(SYS_execve, plan.path, plan.argv, plan.envp);
-  child_fail(plan, ChildStage::Exec, errno);
+  long error = sys(SYS_execve, plan.path, plan.argv, plan.envp);
+  child_fail(plan, ChildStage::Exec, error);
   return 127;
 }
 
@@ -247,49 +286,63 @@ Result<void> check_working_directory(const SpawnRequest& request) {
   return {};
 }
 
-ExitStatus decode_wait_status(int status) {
+ExitStatus decode_siginfo(const siginfo_t& info) {
   ExitStatus result;
-  if (WIFSIGNALED(status)) {
-    result.kind = ExitStatus::Kind::Signaled;
-    result.code = WTERMSIG(status);
-  } else {
+  if (info.si_code == CLD_EXITED) {
     result.kind = ExitStatus::Kind::Exited;
-    result.code = WEXITSTATUS(status);
+  } else {
+    result.kind = ExitStatus::Kind::Signaled;
   }
+  result.code = info.si_status;
   return result;
 }
+
+int pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
 
 // --- The process ------------------------------------------------------------
 
 class PosixProcess final : public Process {
  public:
-  PosixProcess(pid_t pid, GracefulStop graceful_stop, UniqueFd stdin_write, std::unique_ptr<PipeReader> out,
-               std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes)
-      : pid_(pid),
+  PosixProcess(std::string module, pid_t pid, UniqueFd pidfd, GracefulStop graceful_stop, UniqueFd stdin_write,
+               std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes)
+      : module_(std::move(module)),
+        pid_(pid),
+        pidfd_(std::move(pidfd)),
         graceful_stop_(graceful_stop),
         pipe_inodes_(std::move(pipe_inodes)),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
         stderr_(std::move(err)) {}
 
-  ~PosixProcess() override {
-    // Never leave a zombie, even if the owner forgot to stop us.
-    if (!reaped_) {
-      kill_tree();
-      reap_blocking();
-    }
-  }
-
   std::int64_t pid() const override { return pid_; }
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
+  std::intptr_t exit_handle() const override { return pidfd_ ? pidfd_.get() : -1; }
 
-  bool request_stop() override {
+  Result<bool> request_stop() override {
     std::lock_guard<std::mutex> lock(mutex_);
     if (reaped_) return false;
     switch (graceful_stop_) {
-      case GracefulStop::Signal:
-        return ::kill(-pid_, SIGTERM) == 0;
+      case GracefulStop::Signal: {
+        auto sent = signal_group(SIGTERM);
+        if (!sent) return std::move(sent).error();
+        // A stopped (SIGSTOP, SIGTSTP) member would sit on its SIGTERM until
+        // the kill: wake it so the graceful step can work.
+        ::kill(-pid_, SIGCONT);
+        return true;
+      }
       case GracefulStop::CloseStdin:
         stdin_write_.reset();
         return true;
@@ -299,63 +352,166 @@ class PosixProcess final : public Process {
     return false;
   }
 
-  // After the leader is reaped its group id stays reserved only while some
-  // member lives, so callers kill a reaped child's tree only when its pipes
-  // show that a member still holds them (see the README's Gotchas).
-  void kill_tree() override {
+  Result<void> kill_tree() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    ::kill(-pid_, SIGKILL);
+    if (reaped_) return {};
+    return signal_group(SIGKILL);
   }
 
-  int kill_pipe_holders() override { return posix::kill_pipe_holders(pipe_inodes_); }
+  int kill_output_holders() override {
+    int total = 0;
+    // A holder may have forked another before it died: search again until
+    // a round finds none (bounded, so a fork bomb cannot keep us here).
+    for (int round = 0; round < 8; ++round) {
+      int killed = posix::kill_write_end_holders(pipe_inodes_, pid_);
+      total += killed;
+      if (killed == 0) break;
+    }
+    return total;
+  }
 
-  std::optional<ExitStatus> try_reap() override { return reap(WNOHANG); }
-  std::optional<ExitStatus> reap_blocking() override { return reap(0); }
-
- private:
-  std::optional<ExitStatus> reap(int options) {
+  std::optional<ExitStatus> peek_exit() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (reaped_) return std::nullopt;
-    int status = 0;
-    pid_t result;
-    do {
-      result = ::waitpid(pid_, &status, options);
-    } while (result < 0 && errno == EINTR);
-    if (result == 0) return std::nullopt;  // still running
+    return peek_locked();
+  }
+
+  std::optional<ExitStatus> wait_for_exit(std::chrono::milliseconds timeout) override {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      if (auto status = peek_exit()) return status;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      if (pidfd_) {
+        pollfd ready{pidfd_.get(), POLLIN, 0};
+        ::poll(&ready, 1, static_cast<int>(left.count()) + 1);
+      } else {
+        ::usleep(1000);  // no pidfd (kernel < 5.2): a short sleep, error paths only
+      }
+    }
+  }
+
+  void reap() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (reaped_) return;
+    siginfo_t info{};
+    while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG) != 0 && errno == EINTR) {
+    }
     reaped_ = true;
     stdin_write_.reset();
-    // ECHILD: the host set SIGCHLD to SIG_IGN and the kernel reaped it for us.
-    if (result < 0) return ExitStatus{ExitStatus::Kind::Exited, -1, false};
-    return decode_wait_status(status);
   }
 
+ private:
+  // With mutex_ held and the child unreaped: its pid is reserved, and so is
+  // its group id (a zombie leader keeps it).
+  Result<void> signal_group(int signal_number) {
+    if (::kill(-pid_, signal_number) == 0 || errno == ESRCH) return {};
+    int error = errno;
+    return Error{std::make_error_code(error == EPERM ? std::errc::operation_not_permitted : std::errc::io_error),
+                 "module '" + module_ + "': cannot signal pid " + std::to_string(pid_) + " (process group " +
+                     std::to_string(pid_) + "): " + std::generic_category().message(error)};
+  }
+
+  std::optional<ExitStatus> peek_locked() {
+    if (status_) return status_;
+    siginfo_t info{};
+    int result;
+    do {
+      // P_PIDFD (Linux 5.4) cannot be confused by a recycled pid; P_PID is as
+      // safe while we have not reaped, which is the only time we ask.
+      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                               WEXITED | WNOHANG | WNOWAIT)
+                      : -1;
+      if (result != 0 && (!pidfd_ || errno == EINVAL)) {
+        result = waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT);
+      }
+    } while (result != 0 && errno == EINTR);
+    if (result != 0) {
+      // ECHILD: someone else reaped it (waitpid(-1) in the host, or SIGCHLD
+      // ignored). Its pid may be anyone's now: no signal from here on.
+      reaped_ = true;
+      stdin_write_.reset();
+      status_ = ExitStatus{ExitStatus::Kind::Unknown, -1, false};
+      return status_;
+    }
+    if (info.si_pid == 0) return std::nullopt;  // still running (or traced and not yet released)
+    status_ = decode_siginfo(info);
+    return status_;
+  }
+
+  const std::string module_;
   const pid_t pid_;
+  const UniqueFd pidfd_;
   const GracefulStop graceful_stop_;
   const std::vector<ino_t> pipe_inodes_;  // of the stdout and stderr pipes
   std::mutex mutex_;
   bool reaped_ = false;
+  std::optional<ExitStatus> status_;
   UniqueFd stdin_write_;
   std::unique_ptr<PipeReader> stdout_, stderr_;
 };
 
-// A mapping for the child's stack, released when spawn returns (the child
-// has exec'd or exited by then: CLONE_VFORK suspends us until it does).
+// A mapping for the child's stack with an inaccessible guard page below it,
+// released when spawn returns (the child has exec'd or exited by then:
+// CLONE_VFORK suspends us until it does). An overflow faults instead of
+// silently writing over whatever the host mapped below.
 class ChildStack {
  public:
   static constexpr std::size_t kSize = 64 * 1024;
   ChildStack() {
-    void* memory = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    base_ = memory == MAP_FAILED ? nullptr : static_cast<char*>(memory);
+    page_ = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    void* memory = mmap(nullptr, kSize + page_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (memory == MAP_FAILED) return;
+    base_ = static_cast<char*>(memory);
+    if (mprotect(base_, page_, PROT_NONE) != 0) {
+      munmap(base_, kSize + page_);
+      base_ = nullptr;
+    }
   }
   ~ChildStack() {
-    if (base_) munmap(base_, kSize);
+    if (base_) munmap(base_, kSize + page_);
   }
   ChildStack(const ChildStack&) = delete;
   ChildStack& operator=(const ChildStack&) = delete;
-  char* top() const { return base_ ? base_ + kSize : nullptr; }
+  char* top() const { return base_ ? base_ + page_ + kSize : nullptr; }
 
  private:
   char* base_ = nullptr;
+  std::size_t page_ = 4096;
+};
+
+// The highest open descriptor, for the child's last-resort close loop
+// (capped, so a huge RLIMIT_NOFILE cannot make that loop run for seconds).
+int highest_descriptor_bound() {
+  constexpr int kCap = 65536;
+  int highest = -1;
+  if (DIR* fds = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(fds)) {
+      int fd = std::atoi(entry->d_name);
+      if (fd > highest) highest = fd;
+    }
+    closedir(fds);
+  }
+  if (highest < 0) {
+    struct rlimit limit {};
+    highest = 1023;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 0x7fffffff) {
+      highest = static_cast<int>(limit.rlim_cur);
+    }
+  }
+  // Descriptors other threads open meanwhile are close-on-exec or not ours.
+  return highest + 64 < kCap ? highest + 64 : kCap;
+}
+
+// glibc's sigfillset/pthread_sigmask leave out the two signals it uses
+// itself (32: thread cancellation, 33: setxid broadcast); a handler for
+// either must not run in the child either, so the raw call blocks all 64.
+struct AllSignalsBlocked {
+  AllSignalsBlocked() {
+    unsigned long all = ~0UL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &previous, sizeof previous);
+  }
+  ~AllSignalsBlocked() { syscall(SYS_rt_sigprocmask, SIG_SETMASK, &previous, nullptr, sizeof previous); }
+  unsigned long previous = 0;
 };
 
 }  // namespace
@@ -398,11 +554,6 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return spawn_error(request, "cannot configure pipes", errno);
   }
 
-  struct rlimit limit {};
-  int max_fd = 65535;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
-    max_fd = static_cast<int>(limit.rlim_cur > 0x7fffffff ? 0x7fffffff : limit.rlim_cur);
-  }
   ChildPlan plan{path->c_str(),
                  argv.data(),
                  envp.data(),
@@ -411,19 +562,32 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                  out.write_end.get(),
                  err.write_end.get(),
                  failure.write_end.get(),
-                 max_fd};
+                 highest_descriptor_bound()};
   ChildStack stack;
   if (!stack.top()) return spawn_error(request, "cannot map the child's stack", errno);
 
-  // 2. Block every signal so no handler of the host runs in the child while
-  // it shares our memory; the child installs defaults and unblocks.
-  sigset_t all, previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &previous);
-  pid_t pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
-  int clone_error = errno;
-  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  // 2. Clone with every signal blocked, so no handler of the host runs in the
+  // child while it shares our memory; the child installs defaults and
+  // unblocks. CLONE_PIDFD (Linux 5.2) hands us a pidfd at birth: opening one
+  // afterwards can fail with ESRCH when the host ignores SIGCHLD and the
+  // child has already exited and been reaped by the kernel.
+  int saved_errno = errno;
+  int pidfd = -1;
+  pid_t pid;
+  int clone_error;
+  {
+    AllSignalsBlocked blocked;
+    pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+    if (pid < 0 && errno == EINVAL) {
+      pidfd = -1;
+      pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+      if (pid > 0) pidfd = pidfd_open(pid);  // may fail: the pid is then used (still safe, unreaped)
+    }
+    clone_error = errno;
+  }
+  errno = saved_errno;
   if (pid < 0) return spawn_error(request, "cannot create a process for '" + *path + "'", clone_error);
+  UniqueFd owned_pidfd(pidfd);
 
   // 3. The child has exec'd or failed. Its ends are ours to close; an empty
   // error pipe means exec succeeded.
@@ -437,14 +601,14 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     got = read(failure.read_end.get(), &report, sizeof report);
   } while (got < 0 && errno == EINTR);
   if (got == static_cast<ssize_t>(sizeof report)) {
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    siginfo_t info{};
+    while (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) < 0 && errno == EINTR) {
     }
     switch (report.stage) {
       case ChildStage::Exec: {
         std::string what = "cannot execute '" + *path + "'";
-        struct stat info;
-        if (report.error == EACCES && stat(path->c_str(), &info) == 0 && S_ISDIR(info.st_mode)) {
+        struct stat info_stat;
+        if (report.error == EACCES && stat(path->c_str(), &info_stat) == 0 && S_ISDIR(info_stat.st_mode)) {
           what += " (it is a directory)";
         }
         return spawn_error(request, what, report.error);
@@ -453,7 +617,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
         return spawn_error(request, "cannot enter working directory '" + *request.working_directory + "'",
                            report.error);
       default:
-        return spawn_error(request, "cannot prepare the child process", report.error);
+        return spawn_error(request, "cannot prepare the child process for '" + *path + "'", report.error);
     }
   }
 
@@ -466,8 +630,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto stdout_reader = std::make_unique<posix::PosixPipeReader>(std::move(out.read_end), shared_wake);
   auto stderr_reader = std::make_unique<posix::PosixPipeReader>(std::move(err.read_end), shared_wake);
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
-      pid, request.graceful_stop, std::move(stdin_pipe.write_end), std::move(stdout_reader), std::move(stderr_reader),
-      std::move(pipe_inodes)));
+      request.module, pid, std::move(owned_pidfd), request.graceful_stop, std::move(stdin_pipe.write_end),
+      std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes)));
 }
 
 }  // namespace modkit::platform

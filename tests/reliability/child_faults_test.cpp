@@ -278,7 +278,7 @@ TEST(ChildFaults, DaemonGrandchildHoldingPipesStopIsBounded) {
   double bound = std::chrono::duration<double>(options.stop_grace + options.drain_timeout).count();
   EXPECT_LT(took, bound + 2.0) << "stop blocked on pipes held by the daemon";
   EXPECT_TRUE(f.sink->wait_for([&](const StoredRecord& r) {
-    return r.instance_id == handle->instance_id && r.line.find("outside the tree") != std::string::npos;
+    return r.instance_id == handle->instance_id && r.line.find("outside it holding the output") != std::string::npos;
   }, std::chrono::seconds(1)));
   bool gone = wait_gone(daemon, std::chrono::seconds(2));
   std::printf("[ figures  ] setsid daemon: stop took %.2f s (bound %.2f s); daemon %s after stop\n", took, bound,

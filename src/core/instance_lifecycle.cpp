@@ -1,0 +1,200 @@
+#include "core/instance_lifecycle.hpp"
+
+#include <algorithm>
+
+namespace modkit::core {
+namespace {
+
+std::string milliseconds_text(std::chrono::milliseconds duration) { return std::to_string(duration.count()) + " ms"; }
+
+}  // namespace
+
+std::string_view to_string(Phase phase) {
+  switch (phase) {
+    case Phase::Running: return "running";
+    case Phase::Stopping: return "stopping";
+    case Phase::Killed: return "killed";
+    case Phase::ExitedUnreaped: return "exited-unreaped";
+    case Phase::Drained: return "drained";
+    case Phase::Reaped: return "reaped";
+  }
+  return "?";
+}
+
+LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::time_point deadline) {
+  LifecycleEffects effects;
+  std::lock_guard<std::mutex> lock(mutex_);
+  stop_requested_ = true;
+  switch (phase_) {
+    case Phase::Running: {
+      stop_error_.reset();
+      auto graceful = process_.request_stop();
+      if (!graceful) {
+        stop_error_ = graceful.error();
+        effects.records.push_back({LogLevel::Error, "cannot stop: " + graceful.error().message});
+      } else if (*graceful) {
+        phase_ = Phase::Stopping;
+        stop_deadline_ = deadline;
+        effects.records.push_back({LogLevel::Info, "stopping: graceful stop requested"});
+      } else {
+        kill_locked(now, "killed (no graceful step)", effects);
+      }
+      break;
+    }
+    case Phase::Stopping:
+      stop_deadline_ = std::min(stop_deadline_, deadline);
+      break;
+    case Phase::Killed:
+      if (stop_error_) {  // the kill failed or did not take: try again
+        stop_error_.reset();
+        kill_locked(now, "killed again", effects);
+      }
+      break;
+    case Phase::ExitedUnreaped:
+    case Phase::Drained:
+    case Phase::Reaped:
+      break;  // the drain deadlines already bound what is left
+  }
+  return counted(std::move(effects));
+}
+
+void InstanceLifecycle::kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects) {
+  auto killed = process_.kill_tree();
+  if (!killed) {
+    stop_error_ = killed.error();
+    effects.records.push_back({LogLevel::Error, "cannot kill: " + killed.error().message});
+    return;
+  }
+  phase_ = Phase::Killed;
+  killed_ = true;
+  kill_deadline_ = now + timings_.kill_timeout;
+  effects.records.push_back({LogLevel::Warn, std::move(why)});
+}
+
+LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
+  LifecycleEffects effects;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (exit_ || phase_ == Phase::Reaped) return effects;
+  exit_ = process_.peek_exit();
+  if (!exit_) return effects;  // not waitable yet (no records to count): the monitor signals again
+  if (exit_->kind == ExitStatus::Kind::Unknown) {
+    effects.records.push_back(
+        {LogLevel::Warn, "exit status lost: pid " + std::to_string(process_.pid()) +
+                             " was reaped by someone else (a SIGCHLD handler calling waitpid(-1), or SIGCHLD "
+                             "ignored); see the README's Gotchas"});
+  }
+  exit_->forced = killed_;
+  stop_error_.reset();
+  phase_ = Phase::ExitedUnreaped;
+  drain_deadline_ = now + timings_.drain_timeout;
+  if (streams_closed_locked()) finish_locked(effects);
+  return counted(std::move(effects));
+}
+
+LifecycleEffects InstanceLifecycle::stream_closed(int stream, Clock::time_point /*now*/) {
+  LifecycleEffects effects;
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_[stream] = true;
+  if (phase_ == Phase::ExitedUnreaped && streams_closed_locked()) finish_locked(effects);
+  return counted(std::move(effects));
+}
+
+LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
+  LifecycleEffects effects;
+  std::lock_guard<std::mutex> lock(mutex_);
+  switch (phase_) {
+    case Phase::Stopping:
+      if (now >= stop_deadline_ && !stop_error_) kill_locked(now, "grace period expired: killed the process group", effects);
+      break;
+    case Phase::Killed:
+      if (now >= kill_deadline_ && !stop_error_) {
+        stop_error_ = make_error(std::errc::timed_out, "pid " + std::to_string(process_.pid()) +
+                                                           " was killed but has not exited after " +
+                                                           milliseconds_text(timings_.kill_timeout));
+        effects.records.push_back({LogLevel::Error, stop_error_->message});
+      }
+      break;
+    case Phase::ExitedUnreaped:
+      if (!leftovers_killed_ && now >= drain_deadline_) {
+        // The child is unreaped, so its group id is still its own.
+        leftovers_killed_ = true;
+        abandon_deadline_ = now + timings_.drain_timeout;
+        (void)process_.kill_tree();
+        int holders = process_.kill_output_holders();
+        std::string text = "output still open " + milliseconds_text(timings_.drain_timeout) +
+                           " after the exit: killed what is left of the process group";
+        if (holders > 0) text += " and " + std::to_string(holders) + " process(es) outside it holding the output";
+        effects.records.push_back({LogLevel::Warn, std::move(text)});
+      } else if (leftovers_killed_ && now >= abandon_deadline_) {
+        bool sink_late = (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
+                         (!closed_[1] && delivering_[1].load(std::memory_order_relaxed));
+        effects.records.push_back(
+            {LogLevel::Warn, sink_late ? "a sink call has not returned: stopped waiting for the output (the sink "
+                                         "is late, not the module)"
+                                       : "output still held open by a process modkit cannot kill: stopped reading"});
+        effects.interrupt_readers = true;
+        finish_locked(effects);
+      }
+      break;
+    case Phase::Running:
+    case Phase::Drained:
+    case Phase::Reaped:
+      break;
+  }
+  return counted(std::move(effects));
+}
+
+void InstanceLifecycle::finish_locked(LifecycleEffects& effects) {
+  phase_ = Phase::Drained;
+  // A stop ends the whole group, also members that closed their output and
+  // outlived the leader; still safe, as the leader is not reaped yet.
+  if (stop_requested_) (void)process_.kill_tree();
+  process_.reap();
+  phase_ = Phase::Reaped;
+  status_ = exit_;
+  effects.finished = true;
+}
+
+Phase InstanceLifecycle::phase() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return phase_;
+}
+
+std::optional<Clock::time_point> InstanceLifecycle::next_deadline() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  switch (phase_) {
+    case Phase::Stopping:
+      if (!stop_error_) return stop_deadline_;
+      break;
+    case Phase::Killed:
+      if (!stop_error_) return kill_deadline_;
+      break;
+    case Phase::ExitedUnreaped:
+      return leftovers_killed_ ? abandon_deadline_ : drain_deadline_;
+    default:
+      break;
+  }
+  return std::nullopt;
+}
+
+bool InstanceLifecycle::settled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return phase_ == Phase::Reaped || stop_error_.has_value();
+}
+
+std::optional<ExitStatus> InstanceLifecycle::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return status_;
+}
+
+std::optional<Error> InstanceLifecycle::stop_error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stop_error_;
+}
+
+bool InstanceLifecycle::stop_requested() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stop_requested_;
+}
+
+}  // namespace modkit::core

@@ -1,0 +1,117 @@
+// The life of one instance, from spawn to reap, as a state machine.
+//
+//   Running --begin_stop--> Stopping --grace over--> Killed
+//      |                       |                       |
+//      +-------- exit ---------+-------- exit ---------+--> ExitedUnreaped
+//   ExitedUnreaped --both streams at EOF--> Drained --reap--> Reaped
+//   ExitedUnreaped --drain_timeout--> group and output holders killed
+//                  --drain_timeout again--> readers interrupted --> Drained
+//
+// The child is reaped last, after every group kill: until then its pid and
+// group id stay reserved, so no signal can reach a recycled pid. Stop
+// failures (the child may not be signalled, or was killed and did not exit
+// within kill_timeout) leave the phase as it is and are reported by
+// stop_error(); a later begin_stop tries again.
+//
+// Thread-safe: every event takes the lifecycle's own lock, which is the last
+// in modkit's lock order (see local_process_backend.cpp) and is never held
+// while host code runs. Platform calls made under it are non-blocking system
+// calls. Time is passed in, so tests drive it with a manual clock.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "modkit/modkit.hpp"
+#include "platform/process.hpp"
+
+namespace modkit::core {
+
+using Clock = std::chrono::steady_clock;
+
+struct LifecycleTimings {
+  std::chrono::milliseconds drain_timeout{1000};
+  std::chrono::milliseconds kill_timeout{2000};
+};
+
+/// What an event asks of its caller once the lifecycle's lock is released.
+struct LifecycleEffects {
+  struct Record {
+    LogLevel level;
+    std::string text;
+  };
+  std::vector<Record> records;
+  bool interrupt_readers = false;  ///< stop reading the output pipes
+  bool finished = false;           ///< just reaped: unlist it, report its exit
+};
+
+enum class Phase { Running, Stopping, Killed, ExitedUnreaped, Drained, Reaped };
+std::string_view to_string(Phase phase);
+
+class InstanceLifecycle {
+ public:
+  InstanceLifecycle(platform::Process& process, LifecycleTimings timings) : process_(process), timings_(timings) {}
+  InstanceLifecycle(const InstanceLifecycle&) = delete;
+  InstanceLifecycle& operator=(const InstanceLifecycle&) = delete;
+
+  // --- Events ---------------------------------------------------------------
+  /// A stop with `deadline` for the graceful step (concurrent stops share the
+  /// earliest deadline).
+  LifecycleEffects begin_stop(Clock::time_point now, Clock::time_point deadline);
+  /// The exit monitor saw the child exit.
+  LifecycleEffects exit_signalled(Clock::time_point now);
+  /// A reader reached the end of stream `stream` (0 stdout, 1 stderr) or was interrupted.
+  LifecycleEffects stream_closed(int stream, Clock::time_point now);
+  /// Time passed: acts on every deadline that is due.
+  LifecycleEffects tick(Clock::time_point now);
+
+  /// Readers mark the time they spend inside the sink, so that a reader that
+  /// is late because of the sink is not blamed on an unkillable process.
+  void delivering(int stream, bool inside) { delivering_[stream].store(inside, std::memory_order_relaxed); }
+  /// Records an event returned are counted until their caller has logged
+  /// them, so a stop returns only after its records reached the sink.
+  void records_delivered(std::size_t count) { undelivered_.fetch_sub(static_cast<int>(count)); }
+  bool records_pending() const { return undelivered_.load() > 0; }
+
+  // --- Queries --------------------------------------------------------------
+  Phase phase() const;
+  /// The next time tick() has something to do.
+  std::optional<Clock::time_point> next_deadline() const;
+  /// Nothing more will happen without a new event: reaped, or the stop failed.
+  bool settled() const;
+  /// Set once reaped.
+  std::optional<ExitStatus> status() const;
+  std::optional<Error> stop_error() const;
+  bool stop_requested() const;
+
+ private:
+  void kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects);
+  void finish_locked(LifecycleEffects& effects);
+  bool streams_closed_locked() const { return closed_[0] && closed_[1]; }
+
+  platform::Process& process_;
+  const LifecycleTimings timings_;
+  mutable std::mutex mutex_;
+  Phase phase_ = Phase::Running;
+  bool stop_requested_ = false;
+  bool killed_ = false;             // modkit sent the kill before the exit
+  bool leftovers_killed_ = false;   // group and holders killed after the exit
+  bool closed_[2] = {false, false};
+  Clock::time_point stop_deadline_{}, kill_deadline_{}, drain_deadline_{}, abandon_deadline_{};
+  std::optional<ExitStatus> exit_;  // seen, not yet published
+  std::optional<ExitStatus> status_;  // published once reaped
+  std::optional<Error> stop_error_;
+  std::atomic<bool> delivering_[2] = {{false}, {false}};
+  std::atomic<int> undelivered_{0};
+  LifecycleEffects counted(LifecycleEffects effects) {
+    undelivered_.fetch_add(static_cast<int>(effects.records.size()));
+    return effects;
+  }
+};
+
+}  // namespace modkit::core
