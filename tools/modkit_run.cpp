@@ -57,19 +57,21 @@ void cancel_on_signals(modkit::CancellationToken& token) {
   SetConsoleCtrlHandler(on_console_event, TRUE);
 }
 #else
-// SIGINT/SIGTERM are blocked in every thread (set before any is started) and
-// taken synchronously by one thread with sigwait: no async handler needed.
+// The handler only calls the async-signal-safe cancel_from_signal(); the
+// token's relay thread does the rest (enable_signal_cancel, before it).
+modkit::CancellationToken* g_token = nullptr;
+extern "C" void on_signal(int) { g_token->cancel_from_signal(); }
 void cancel_on_signals(modkit::CancellationToken& token) {
-  std::thread([token]() mutable {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    int received = 0;
-    sigwait(&set, &received);
-    std::fprintf(stderr, "modkit-run: got signal %d, stopping every module\n", received);
-    token.cancel();
-  }).detach();
+  g_token = &token;
+  if (auto enabled = token.enable_signal_cancel(); !enabled) {
+    std::fprintf(stderr, "modkit-run: %s\n", enabled.error().message.c_str());
+    return;
+  }
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
 }
 #endif
 
@@ -80,14 +82,6 @@ int main(int argc, char** argv) {
     int code = modkit_run::run_sample_module(argv[2]);
     return code < 0 ? usage() : code;
   }
-#ifndef _WIN32
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-#endif
-
   bool json = false;
   double seconds = 0;
   std::vector<modkit::OopModuleConfig> modules;
@@ -127,7 +121,12 @@ int main(int argc, char** argv) {
   } else {
     sink = std::make_shared<modkit::TextLogSink>(stdout);
   }
-  modkit::LocalProcessBackend backend(token, sink);
+  auto created = modkit::LocalProcessBackend::create(token, sink);
+  if (!created) {
+    std::fprintf(stderr, "modkit-run: %s\n", created.error().message.c_str());
+    return 1;
+  }
+  modkit::LocalProcessBackend& backend = **created;
   cancel_on_signals(token);
 
   int failures = 0;
