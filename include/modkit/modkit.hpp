@@ -104,26 +104,51 @@ inline void Result<void>::value() const {
 // ---------------------------------------------------------------------------
 
 /// A one-shot cancellation signal built on a condition variable. Copies share
-/// one state: cancelling any copy cancels them all.
+/// one state: cancelling any copy cancels them all. The state (and the relay
+/// thread of enable_signal_cancel()) goes away with the last copy and the last
+/// Registration.
+///
+/// Wiring a signal (POSIX SIGTERM/SIGINT) to it:
+///
+///     static modkit::CancellationToken* g_token;  // set before the handler is installed
+///     extern "C" void on_term(int) { g_token->cancel_from_signal(); }
+///     ...
+///     token.enable_signal_cancel().value();        // then sigaction(SIGTERM, ...)
+///
+/// On Windows, call cancel_from_signal() from a console control handler.
 class CancellationToken {
  public:
   CancellationToken();
 
   /// Cancels the token, wakes every waiter and runs every registered callback
-  /// (on the calling thread, without holding any lock). Idempotent. Not
-  /// async-signal-safe: from a signal handler use cancel_from_signal().
+  /// (on the calling thread, without holding any lock), in registration order.
+  /// Idempotent: when several threads cancel, one runs the callbacks. A
+  /// callback that throws (in a host built with exceptions) has its exception
+  /// caught and dropped, and the other callbacks still run; a library built
+  /// with -fno-exceptions cannot catch it. Not async-signal-safe (it takes a
+  /// mutex, which the interrupted thread may hold): from a signal handler use
+  /// cancel_from_signal().
   void cancel();
 
   /// Prepares cancel_from_signal(): starts one relay thread (all signals
-  /// blocked) that turns a signal handler's request into cancel(). Call it
-  /// before installing the handler. Idempotent. Errors: resource_unavailable_try_again
-  /// (no thread or descriptor could be had).
+  /// blocked) that waits, without polling, for a handler's request and then
+  /// calls cancel(). Call it before installing the handler (a request made
+  /// earlier is still relayed). Idempotent: one relay per token, whichever
+  /// copy is used; does nothing once cancel() has run. The relay is
+  /// joined when the last copy of the token goes away. Errors:
+  /// resource_unavailable_try_again (no thread or descriptor could be had; a
+  /// later call may retry).
   Result<void> enable_signal_cancel();
-  /// Async-signal-safe: cancels the token from a signal handler. is_cancelled()
-  /// is true at once; waiters are woken and callbacks run on the relay thread
-  /// that enable_signal_cancel() started (without it, only the flag is set).
-  /// Preserves errno.
+  /// Async-signal-safe, lock-free and preserves errno: cancels the token from
+  /// a signal handler (or any thread). is_cancelled() is true at once, and so
+  /// wait() and wait_for() return at once if called after it. With
+  /// enable_signal_cancel(), the relay thread then calls cancel(): waiters
+  /// blocked before are woken and registered callbacks run, on the relay
+  /// thread, shortly after the handler returns. Without it, only the flag is
+  /// set: blocked waiters stay blocked and registered callbacks wait for an
+  /// ordinary cancel(). Any number of times, concurrently with cancel().
   void cancel_from_signal() noexcept;
+  /// True once cancel() or cancel_from_signal() has been called. Lock-free.
   bool is_cancelled() const;
   /// Blocks until cancelled or until `timeout` has passed; returns is_cancelled().
   bool wait_for(std::chrono::steady_clock::duration timeout) const;
@@ -152,7 +177,8 @@ class CancellationToken {
   };
 
   /// Runs `callback` once the token is cancelled; at once (on this thread) if it
-  /// already is.
+  /// already is (is_cancelled(), including a bare cancel_from_signal()). An
+  /// empty function is ignored. Exceptions are dropped as in cancel().
   Registration on_cancel(std::function<void()> callback) const;
 
  private:
@@ -273,6 +299,22 @@ class LogSink {
 LogLevel detect_level(std::string_view line);
 
 /// Writes each record as one line to a FILE* or a file descriptor. Thread-safe.
+///
+/// Format: `<UTC timestamp> <LEVEL> <module>[<last 8 of instance id>] <stream>: <line>`
+/// (`+ ` instead of `: ` for a continuation). Every field is escaped so that a
+/// record is exactly one line and no control character reaches a terminal:
+/// `\\` for a backslash, `\n` and `\r` for LF and CR, and `\u{hh}` (two
+/// lower-case hex digits of the code point) for every other C0 control but
+/// TAB, for DEL and for the C1 controls U+0080..U+009F. Invalid UTF-8 becomes
+/// U+FFFD.
+///
+/// Output. Each record is written whole under the sink's lock, so records
+/// never interleave. On a non-blocking descriptor the sink waits (poll) until
+/// the descriptor takes the rest; nothing is dropped. A write to a pipe whose
+/// reader is gone is dropped without raising SIGPIPE (POSIX; the calling
+/// thread's signal mask and pending signals are left as they were). The FILE*
+/// form flushes the FILE first (keeping order with what the host wrote to it)
+/// and then writes to its descriptor directly, so the same holds for it.
 class TextLogSink : public LogSink {
  public:
   explicit TextLogSink(std::FILE* out = stderr);
@@ -286,6 +328,15 @@ class TextLogSink : public LogSink {
 };
 
 /// Writes each record as one JSON object per line. Thread-safe.
+///
+/// Fields: timestamp, level, module, instance_id, stream, continuation, line.
+/// The output is valid JSON (RFC 8259) and valid UTF-8 for any input: invalid
+/// UTF-8 becomes U+FFFD; `"` and `\` are escaped, as is every control
+/// character (C0 as `\n`, `\r`, `\t` or `\u00hh`; DEL and the C1 controls
+/// U+0080..U+009F as `\u00hh`), and U+2028/U+2029 as `\u2028`/`\u2029` (line
+/// terminators to JavaScript before ES2019). Output is handled as in
+/// TextLogSink: whole records, a non-blocking descriptor is waited for, and a
+/// write to a closed pipe is dropped without SIGPIPE.
 class JsonLogSink : public LogSink {
  public:
   explicit JsonLogSink(std::FILE* out = stderr);
@@ -349,6 +400,8 @@ struct LocalProcessOptions {
   bool use_pidfd = true;
 };
 
+struct BackendAccess;
+
 /// Runs each instance as a child process of this one.
 ///
 /// Each child leads its own process group (POSIX) or Job object (Windows), so
@@ -367,8 +420,9 @@ struct LocalProcessOptions {
 ///
 /// Calls from inside a sink or on_exit never deadlock: a stop that would wait
 /// for the calling thread itself is started and returns
-/// resource_deadlock_would_occur; destroying the backend there finishes the
-/// teardown once the callback has returned.
+/// resource_deadlock_would_occur; destroying the backend there stops every
+/// child within the bound, and the calling thread ends by itself once the
+/// callback has returned. on_exit is never called after the destructor returned.
 class LocalProcessBackend final : public ModuleRuntimeBackend {
  public:
   /// Starts the backend's threads. Errors: resource_unavailable_try_again when
@@ -407,7 +461,9 @@ class LocalProcessBackend final : public ModuleRuntimeBackend {
   class Impl;
 
  private:
-  std::unique_ptr<Impl> impl_;
+  friend struct BackendAccess;  // src/core: builds a backend on injected platform services
+  explicit LocalProcessBackend(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;  // shared with modkit's threads, so none touches freed memory
 };
 
 }  // namespace modkit

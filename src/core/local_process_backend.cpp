@@ -27,6 +27,7 @@
 #include "core/config_validation.hpp"
 #include "core/instance_lifecycle.hpp"
 #include "core/line_splitter.hpp"
+#include "core/platform_services.hpp"
 #include "core/utf8.hpp"
 #include "modkit/modkit.hpp"
 #include "platform/exit_monitor.hpp"
@@ -74,8 +75,9 @@ thread_local int tls_reader_stream = 0;
 
 class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
  public:
-  Impl(CancellationToken token, std::shared_ptr<LogSink> sink, LocalProcessOptions options)
-      : token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {
+  Impl(core::PlatformServices services, CancellationToken token, std::shared_ptr<LogSink> sink,
+       LocalProcessOptions options)
+      : services_(std::move(services)), token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {
     timings_.drain_timeout = options_.drain_timeout;
     timings_.kill_timeout = options_.kill_timeout;
   }
@@ -123,6 +125,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   void supervise();
   void report_exit(const InstancePtr& instance);
 
+  core::PlatformServices services_;
   CancellationToken token_;
   std::shared_ptr<LogSink> sink_;
   LocalProcessOptions options_;
@@ -215,14 +218,14 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
 // ---------------------------------------------------------------------------
 
 Result<void> LocalProcessBackend::Impl::start() {
-  auto monitor = platform::make_exit_monitor(options_.use_pidfd);
+  auto monitor = services_.make_exit_monitor(options_.use_pidfd);
   if (!monitor) {
     start_error_ = monitor.error();
     return std::move(monitor).error();
   }
   monitor_ = std::move(*monitor);
   std::weak_ptr<Impl> weak = shared_from_this();
-  auto supervisor = platform::start_thread(kSupervisorStackBytes, [self = shared_from_this()] { self->supervise(); },
+  auto supervisor = services_.start_thread(kSupervisorStackBytes, [self = shared_from_this()] { self->supervise(); },
                                            "the supervisor");
   if (!supervisor) {
     start_error_ = supervisor.error();
@@ -256,7 +259,7 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   auto request = validate_config(config);
   if (!request) return std::move(request).error();
 
-  auto process = platform::spawn(*request);
+  auto process = services_.spawn(*request);
   if (!process) return std::move(process).error();
 
   auto instance = std::make_shared<Instance>(std::move(*process), timings_);
@@ -344,7 +347,7 @@ void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance
 Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instance) {
   instance->readers_running = 2;
   for (int index = 0; index < 2; ++index) {
-    auto thread = platform::start_thread(
+    auto thread = services_.start_thread(
         options_.reader_stack_bytes,
         [self = shared_from_this(), instance, index] { self->read_stream(instance, index); }, "a reader");
     if (!thread) {
@@ -747,19 +750,47 @@ void LocalProcessBackend::Impl::teardown() {
 // Public face
 // ---------------------------------------------------------------------------
 
+struct BackendAccess {
+  static Result<std::unique_ptr<LocalProcessBackend>> make(core::PlatformServices services, CancellationToken token,
+                                                           std::shared_ptr<LogSink> sink, LocalProcessOptions options) {
+    auto impl = std::make_shared<LocalProcessBackend::Impl>(
+        std::move(services), std::move(token), sink ? std::move(sink) : std::make_shared<TextLogSink>(),
+        std::move(options));
+    std::unique_ptr<LocalProcessBackend> backend(new LocalProcessBackend(impl));
+    auto started = impl->start();
+    if (!started) return std::move(started).error();
+    return backend;
+  }
+};
+
+core::PlatformServices core::real_platform_services() {
+  PlatformServices services;
+  services.spawn = [](const platform::SpawnRequest& request) { return platform::spawn(request); };
+  services.make_exit_monitor = [](bool prefer_pidfd) { return platform::make_exit_monitor(prefer_pidfd); };
+  services.start_thread = [](std::size_t stack_bytes, std::function<void()> body, std::string_view what) {
+    return platform::start_thread(stack_bytes, std::move(body), what);
+  };
+  return services;
+}
+
+Result<std::unique_ptr<LocalProcessBackend>> core::make_backend(PlatformServices services, CancellationToken token,
+                                                                std::shared_ptr<LogSink> sink,
+                                                                LocalProcessOptions options) {
+  return BackendAccess::make(std::move(services), std::move(token), std::move(sink), std::move(options));
+}
+
 Result<std::unique_ptr<LocalProcessBackend>> LocalProcessBackend::create(CancellationToken token,
                                                                          std::shared_ptr<LogSink> sink,
                                                                          LocalProcessOptions options) {
-  std::unique_ptr<LocalProcessBackend> backend(
-      new LocalProcessBackend(std::move(token), std::move(sink), std::move(options)));
-  if (backend->impl_->start_error()) return *backend->impl_->start_error();
-  return backend;
+  return BackendAccess::make(core::real_platform_services(), std::move(token), std::move(sink), std::move(options));
 }
+
+LocalProcessBackend::LocalProcessBackend(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 LocalProcessBackend::LocalProcessBackend(CancellationToken token, std::shared_ptr<LogSink> sink,
                                          LocalProcessOptions options)
-    : impl_(std::make_shared<Impl>(std::move(token), sink ? std::move(sink) : std::make_shared<TextLogSink>(),
-                                   std::move(options))) {
+    : impl_(std::make_shared<Impl>(core::real_platform_services(), std::move(token),
+                                   sink ? std::move(sink) : std::make_shared<TextLogSink>(), std::move(options))) {
   auto started = impl_->start();
   if (!started) {
     impl_->log_event(nullptr, LogLevel::Error, "cannot start the backend: " + started.error().message);

@@ -1,0 +1,32 @@
+// The platform services the backend uses, injectable so that its logic can be
+// tested with fake processes, monitors and threads as well as real ones.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "modkit/modkit.hpp"
+#include "platform/exit_monitor.hpp"
+#include "platform/process.hpp"
+#include "platform/thread.hpp"
+
+namespace modkit::core {
+
+struct PlatformServices {
+  std::function<Result<std::unique_ptr<platform::Process>>(const platform::SpawnRequest&)> spawn;
+  std::function<Result<std::unique_ptr<platform::ExitMonitor>>(bool prefer_pidfd)> make_exit_monitor;
+  std::function<Result<std::unique_ptr<platform::Thread>>(std::size_t stack_bytes, std::function<void()> body,
+                                                         std::string_view what)>
+      start_thread;
+};
+
+/// The real ones: platform::spawn, platform::make_exit_monitor, platform::start_thread.
+PlatformServices real_platform_services();
+
+/// Builds a backend on `services` (tests); LocalProcessBackend::create uses the real ones.
+Result<std::unique_ptr<LocalProcessBackend>> make_backend(PlatformServices services, CancellationToken token,
+                                                          std::shared_ptr<LogSink> sink, LocalProcessOptions options);
+
+}  // namespace modkit::core
