@@ -527,7 +527,7 @@ void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
   if (auto error = instance->lifecycle.stop_error()) why = error->message;
   log_event(instance.get(), LogLevel::Error,
             "abandoned pid " + std::to_string(instance->process->pid()) + " (" + why +
-                "): it may keep running, and stays a zombie of this process if it ends");
+                "): modkit no longer watches it (see the README's Gotchas)");
 }
 
 // ---------------------------------------------------------------------------

@@ -217,8 +217,25 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
     }, "an exit waiter");
     if (!thread) return std::move(thread).error();
     waiter->thread = std::move(*thread);
-    std::lock_guard<std::mutex> lock(mutex_);
-    waiters_[&process] = std::move(waiter);
+    std::vector<std::shared_ptr<Waiter>> done;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // Waiters whose callback ran stay listed until here: a process object's
+      // address may be reused by the next one, and a long-lived host must not
+      // accumulate them.
+      for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (it->second->done()) {
+          done.push_back(std::move(it->second));
+          it = waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      auto& slot = waiters_[&process];
+      if (slot) done.push_back(std::move(slot));
+      slot = std::move(waiter);
+    }
+    for (auto& old : done) retire(*old);
     return {};
   }
 
@@ -250,6 +267,10 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
     std::function<void()> on_exit;
     bool cancelled = false, firing = false, finished = false;
     std::unique_ptr<Thread> thread;
+    bool done() {
+      std::lock_guard<std::mutex> lock(mutex);
+      return finished;
+    }
   };
 
   static void retire(Waiter& waiter) {

@@ -8,10 +8,14 @@
 // the host dies its children die with it) and only then resumed, so no
 // descendant can escape the job.
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
+#include <string>
 
 #include "platform/process.hpp"
 #include "platform/system.hpp"
@@ -164,11 +168,32 @@ bool host_has_console() { return GetConsoleWindow() != nullptr || GetConsoleCP()
 
 // --- The process --------------------------------------------------------------
 
+// What a Process step that failed returns: operation_not_permitted for
+// ERROR_ACCESS_DENIED, as POSIX does for EPERM, else the GetLastError value;
+// the message names the module and the pid.
+Error step_error(const std::string& module, const std::string& what, DWORD error) {
+  std::string message = "module '" + module + "': cannot " + what + ": " + win32::system_message(error);
+  if (error == ERROR_ACCESS_DENIED) return make_error(std::errc::operation_not_permitted, std::move(message));
+  return Error{win32::win32_error(error), std::move(message)};
+}
+
+// The longest wait the API takes: INFINITE (0xFFFFFFFF) is never passed, so
+// every wait of this file ends.
+DWORD bounded_milliseconds(std::chrono::milliseconds timeout) {
+  constexpr std::chrono::milliseconds::rep kLongest = INFINITE - 1;
+  if (timeout.count() <= 0) return 0;
+  return static_cast<DWORD>(std::min<std::chrono::milliseconds::rep>(timeout.count(), kLongest));
+}
+
+// The process handle keeps the pid from being given to another process until
+// it is closed (in the destructor), and the Job object is ours alone (unnamed,
+// never duplicated): no call below can reach a process modkit did not start.
 class Win32Process final : public Process {
  public:
-  Win32Process(DWORD pid, UniqueHandle process, UniqueHandle job, GracefulStop graceful_stop,
+  Win32Process(std::string module, DWORD pid, UniqueHandle process, UniqueHandle job, GracefulStop graceful_stop,
                UniqueHandle stdin_write, std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err)
-      : pid_(pid),
+      : module_(std::move(module)),
+        pid_(pid),
         process_(std::move(process)),
         job_(std::move(job)),
         graceful_stop_(graceful_stop),
@@ -176,29 +201,36 @@ class Win32Process final : public Process {
         stdout_(std::move(out)),
         stderr_(std::move(err)) {}
 
-  ~Win32Process() override {
-    if (!reaped_) {
-      kill_tree();
-      reap_blocking();
-    }
-    // Closing the job handle (last) kills whatever is left of the tree:
-    // JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE.
-  }
+  // Never blocks and sends nothing. Closing the job handle (members go in
+  // reverse order: the job before the process handle) still kills whatever
+  // is left of the tree, the child included if it still runs:
+  // JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, the Windows containment.
+  ~Win32Process() override = default;
 
   std::int64_t pid() const override { return pid_; }
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
-  HANDLE handle() const { return process_.get(); }
+  std::intptr_t exit_handle() const override { return reinterpret_cast<std::intptr_t>(process_.get()); }
 
-  bool request_stop() override {
+  Result<bool> request_stop() override {
     std::lock_guard<std::mutex> lock(mutex_);
     if (reaped_) return false;
     switch (graceful_stop_) {
-      case GracefulStop::Signal:
+      case GracefulStop::Signal: {
         // The child leads its own console process group (CREATE_NEW_PROCESS_GROUP),
-        // whose id is its pid. Fails when we share no console with it: then
-        // there is nothing to wait for. (Wine accepts it but never delivers it.)
-        return GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid_) != 0;
+        // whose id is its pid. Once the child has exited the id may name no
+        // group, and Windows then treats some ids like 0 (every process of the
+        // console, the host included): so only while the child runs.
+        if (exited()) return false;
+        // Fails when we share no console with it: then there is nothing to
+        // wait for. (Wine accepts it but never delivers it.)
+        if (GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid_)) return true;
+        DWORD error = GetLastError();
+        if (error == ERROR_ACCESS_DENIED) {
+          return step_error(module_, "send CTRL_BREAK to pid " + std::to_string(pid_), error);
+        }
+        return false;
+      }
       case GracefulStop::CloseStdin:
         stdin_write_.reset();
         return true;
@@ -208,25 +240,46 @@ class Win32Process final : public Process {
     return false;
   }
 
-  void kill_tree() override {
+  Result<void> kill_tree() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!reaped_) killed_ = true;
-    TerminateJobObject(job_.get(), win32::kKillExitCode);
+    if (reaped_) return {};
+    // Set first: the exit may be seen by another thread as soon as the job
+    // dies. A child that had already ended keeps its own status.
+    if (!status_ && !exited()) killed_ = true;
+    if (!TerminateJobObject(job_.get(), win32::kKillExitCode)) {
+      DWORD error = GetLastError();
+      return step_error(module_, "kill the Job object of pid " + std::to_string(pid_), error);
+    }
+    return {};
   }
 
-  int kill_pipe_holders() override { return 0; }  // the Job object holds every descendant
-  std::optional<ExitStatus> try_reap() override { return reap(false); }
-  std::optional<ExitStatus> reap_blocking() override { return reap(true); }
+  int kill_output_holders() override { return 0; }  // the Job object holds every descendant
 
- private:
-  std::optional<ExitStatus> reap(bool block) {
-    // The process handle keeps the pid from being reused, so waiting on it
-    // outside the lock is safe; kill_tree stays callable meanwhile.
-    if (WaitForSingleObject(process_.get(), block ? INFINITE : 0) != WAIT_OBJECT_0) return std::nullopt;
+  std::optional<ExitStatus> peek_exit() override {
+    if (!exited()) return std::nullopt;
     std::lock_guard<std::mutex> lock(mutex_);
-    if (reaped_) return std::nullopt;
+    if (!status_) status_ = read_status();  // the first answer stays the answer
+    return status_;
+  }
+
+  std::optional<ExitStatus> wait_for_exit(std::chrono::milliseconds timeout) override {
+    // The handle stays open while this object lives, so waiting on it outside
+    // the lock is safe; kill_tree stays callable meanwhile.
+    WaitForSingleObject(process_.get(), bounded_milliseconds(timeout));
+    return peek_exit();
+  }
+
+  void reap() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     reaped_ = true;
     stdin_write_.reset();
+  }
+
+ private:
+  bool exited() const { return WaitForSingleObject(process_.get(), 0) == WAIT_OBJECT_0; }
+
+  // The status of the exited child (caller holds mutex_).
+  ExitStatus read_status() const {
     DWORD code = 0;
     if (!GetExitCodeProcess(process_.get(), &code)) return ExitStatus{ExitStatus::Kind::Exited, -1, false};
     ExitStatus status;
@@ -243,6 +296,7 @@ class Win32Process final : public Process {
     return status;
   }
 
+  const std::string module_;
   const DWORD pid_;
   UniqueHandle process_;
   UniqueHandle job_;
@@ -250,6 +304,7 @@ class Win32Process final : public Process {
   std::mutex mutex_;
   bool reaped_ = false;
   bool killed_ = false;
+  std::optional<ExitStatus> status_;
   UniqueHandle stdin_write_;
   std::unique_ptr<PipeReader> stdout_, stderr_;
 };
@@ -277,10 +332,13 @@ class AttributeList {
   LPPROC_THREAD_ATTRIBUTE_LIST list_ = nullptr;
 };
 
-// Kills and reaps a child that was created but cannot be handed out.
+// Kills a child that was created (suspended, and not in a job, or not
+// resumable) but cannot be handed out. Windows has no zombies: the wait only
+// lets the process be gone on return, and is bounded (a process being torn
+// down by the kernel ends on its own once the handles are closed).
 void discard_child(const PROCESS_INFORMATION& info) {
   TerminateProcess(info.hProcess, win32::kKillExitCode);
-  WaitForSingleObject(info.hProcess, INFINITE);
+  WaitForSingleObject(info.hProcess, 5000);
   CloseHandle(info.hThread);
   CloseHandle(info.hProcess);
 }
@@ -446,16 +504,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto stderr_reader =
       std::make_unique<win32::Win32PipeReader>(std::move(err.read_end), std::move(err_event), shared_interrupt);
   return std::unique_ptr<Process>(std::make_unique<Win32Process>(
-      info.dwProcessId, UniqueHandle(info.hProcess), std::move(job), request.graceful_stop, std::move(stdin_write),
-      std::move(stdout_reader), std::move(stderr_reader)));
+      request.module, info.dwProcessId, UniqueHandle(info.hProcess), std::move(job), request.graceful_stop,
+      std::move(stdin_write), std::move(stdout_reader), std::move(stderr_reader)));
 }
 
 }  // namespace modkit::platform
-
-namespace modkit::win32 {
-
-HANDLE native_process_handle(platform::Process& process) {
-  return static_cast<platform::Win32Process&>(process).handle();
-}
-
-}  // namespace modkit::win32

@@ -1,14 +1,10 @@
-// Internal: what the Win32 exit monitor needs from a Win32 process.
+// Internal: the exit codes of the Win32 process layer. (The exit monitor
+// waits on Process::exit_handle(), the process HANDLE.)
 #pragma once
 
-#include "platform/process.hpp"
 #include "win32/windows_util.hpp"
 
 namespace modkit::win32 {
-
-/// The process handle of a Process made by platform::spawn on Windows (every
-/// Process is one there). Valid for the Process's lifetime.
-HANDLE native_process_handle(platform::Process& process);
 
 /// The exit code TerminateJobObject gives every process of a killed tree
 /// (128 + 9, what a POSIX shell shows for SIGKILL). A child that modkit killed

@@ -281,6 +281,22 @@ int main(int argc, char** argv) {
       long count = number(argc, argv, ++i);
       std::string chunk(65536, 'x');
       for (long left = count; left > 0; left -= 65536) out(1, chunk.substr(0, static_cast<std::size_t>(left < 65536 ? left : 65536)));
+    } else if (command == "become-root-and-sleep") {
+      // become-root-and-sleep SECONDS: for a copy of this program that is
+      // setuid root (tests/regression/unkillable_test.cpp): sets every uid to
+      // 0, so that an unprivileged parent may not signal it, ignores SIGTERM,
+      // prints "uids R E S", then sleeps (bounded, so it never outlives a test
+      // for long).
+      double seconds = std::strtod(argv[++i], nullptr);
+      std::signal(SIGTERM, SIG_IGN);
+      if (setresuid(0, 0, 0) != 0) {
+        out(1, "cannot become root: " + std::string(std::strerror(errno)) + "\n");
+        return 96;
+      }
+      uid_t real = 1, effective = 1, saved = 1;
+      getresuid(&real, &effective, &saved);
+      out(1, "uids " + std::to_string(real) + " " + std::to_string(effective) + " " + std::to_string(saved) + "\n");
+      sleep_seconds(seconds);
 #else
     } else if (command == "env-count") {  // variables, without the hidden "=C:=..." entries
       long count = 0;

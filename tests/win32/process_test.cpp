@@ -451,10 +451,12 @@ TEST(Win32Pipes, InterruptUnblocksBothReaders) {
   EXPECT_EQ(results[1], 0);
   char buffer[8];
   EXPECT_EQ(err->read(buffer, sizeof buffer), 0);
-  (*process)->kill_tree();
-  auto status = (*process)->reap_blocking();
+  auto killed = (*process)->kill_tree();
+  EXPECT_TRUE(killed) << killed.error();
+  auto status = (*process)->wait_for_exit(10s);
   ASSERT_TRUE(status.has_value());
   EXPECT_EQ(status->kind, ExitStatus::Kind::Signaled);
+  (*process)->reap();
 }
 
 TEST(Win32Pipes, ReadersDrainEverythingToEndOfFile) {
@@ -476,9 +478,10 @@ TEST(Win32Pipes, ReadersDrainEverythingToEndOfFile) {
   for (std::ptrdiff_t n; (n = out->read(buffer, sizeof buffer)) > 0;) total += static_cast<std::size_t>(n);
   err_reader.join();
   EXPECT_EQ(total, 5000u * 100u);
-  auto status = (*process)->reap_blocking();
+  auto status = (*process)->wait_for_exit(10s);
   ASSERT_TRUE(status.has_value());
-  EXPECT_TRUE(status->success());
+  EXPECT_TRUE(status->success()) << *status;
+  (*process)->reap();
 }
 
 // An idle instance costs its two reader threads and nothing more: exits are
