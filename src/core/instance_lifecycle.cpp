@@ -121,8 +121,13 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
         abandon_deadline_ = now + timings_.drain_timeout;
         (void)process_.kill_tree();
         int holders = process_.kill_output_holders();
-        std::string text = "output still open " + milliseconds_text(timings_.drain_timeout) +
-                           " after the exit: killed what is left of the process group";
+        bool sink_late = (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
+                         (!closed_[1] && delivering_[1].load(std::memory_order_relaxed));
+        std::string text = sink_late ? "a sink call is late: output not drained " +
+                                           milliseconds_text(timings_.drain_timeout) +
+                                           " after the exit; killed what is left of the process group"
+                                     : "output still open " + milliseconds_text(timings_.drain_timeout) +
+                                           " after the exit: killed what is left of the process group";
         if (holders > 0) text += " and " + std::to_string(holders) + " process(es) outside it holding the output";
         effects.records.push_back({LogLevel::Warn, std::move(text)});
       } else if (leftovers_killed_ && now >= abandon_deadline_) {

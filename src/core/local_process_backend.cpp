@@ -84,6 +84,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 
   Result<void> start();
   void teardown();
+  void observe_cancel();
   const std::optional<Error>& start_error() const { return start_error_; }
 
   Result<InstanceHandle> spawn(const OopModuleConfig& config);
@@ -234,20 +235,25 @@ Result<void> LocalProcessBackend::Impl::start() {
   }
   supervisor_ = std::move(*supervisor);
   registration_ = token_.on_cancel([weak] {
-    auto self = weak.lock();
-    if (!self) return;
-    {
-      std::unique_lock<std::shared_mutex> lock(self->instances_mutex_);
-      self->closed_ = true;
-    }
-    std::lock_guard<std::mutex> lock(self->state_mutex_);
-    if (self->cancel_seen_) return;
-    self->cancel_seen_ = true;
-    self->shutdown_deadline_ = Clock::now() + self->options_.shutdown_grace;
-    ++self->generation_;
-    self->state_changed_.notify_all();
+    if (auto self = weak.lock()) self->observe_cancel();
   });
   return {};
+}
+
+// Idempotent. Runs from the token's callback, and from wait_for_shutdown: a
+// token cancelled from a signal handler runs its callbacks a moment later, on
+// its relay thread, and a host that waits at once must not find nothing to do.
+void LocalProcessBackend::Impl::observe_cancel() {
+  {
+    std::unique_lock<std::shared_mutex> lock(instances_mutex_);
+    closed_ = true;
+  }
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  if (cancel_seen_) return;
+  cancel_seen_ = true;
+  shutdown_deadline_ = Clock::now() + options_.shutdown_grace;
+  ++generation_;
+  state_changed_.notify_all();
 }
 
 Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& config) {
@@ -500,6 +506,7 @@ std::vector<InstancePtr> LocalProcessBackend::Impl::live_instances() {
 }
 
 void LocalProcessBackend::Impl::wait_for_shutdown() {
+  if (token_.is_cancelled()) observe_cancel();
   Clock::time_point deadline;
   {
     std::lock_guard<std::mutex> lock(state_mutex_);

@@ -58,7 +58,6 @@ struct ChildPlan {
   const char* working_directory;  // or nullptr
   int stdin_fd, stdout_fd, stderr_fd;  // all >= 3
   int error_fd;                        // >= 3, O_CLOEXEC
-  int max_fd;                          // last resort bound for closing descriptors (<= 65536)
 };
 
 // The kernel's struct sigaction for rt_sigaction (not glibc's, whose layout differs).
@@ -67,6 +66,10 @@ struct KernelSigaction {
   unsigned long flags;
   void (*restorer)(void);
   unsigned long mask;
+};
+
+struct KernelTimespec {
+  long long seconds, nanoseconds;
 };
 
 struct LinuxDirent64 {
@@ -146,11 +149,30 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
     sys(SYS_close, dir);
     return true;
   }
-  // Kernels before 5.9 without /proc: the parent bounded max_fd (highest
-  // descriptor it saw, at most 65536), so this loop cannot run to a huge
-  // RLIMIT_NOFILE.
-  for (int fd = 3; fd <= plan.max_fd; ++fd) {
-    if (fd != plan.error_fd) sys(SYS_close, fd);
+  // Kernels before 5.9 without a usable /proc: ask poll() which descriptors
+  // are open (a closed one comes back POLLNVAL), a chunk at a time up to
+  // RLIMIT_NOFILE (capped), and close only those: a plain loop to the limit
+  // could run for seconds with a huge RLIMIT_NOFILE.
+  struct KernelRlimit {
+    unsigned long long current, maximum;
+  } limit{65536, 65536};
+  sys(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &limit);
+  constexpr unsigned long long kScanCap = 1ULL << 20;
+  unsigned long long end = limit.current < kScanCap ? limit.current : kScanCap;
+  constexpr int kChunk = 128;
+  pollfd chunk[kChunk];
+  KernelTimespec zero{0, 0};
+  for (unsigned long long base = 3; base < end; base += kChunk) {
+    int count = end - base < kChunk ? static_cast<int>(end - base) : kChunk;
+    for (int i = 0; i < count; ++i) {
+      chunk[i].fd = static_cast<int>(base) + i;
+      chunk[i].events = 0;
+      chunk[i].revents = 0;
+    }
+    if (sys(SYS_ppoll, chunk, count, &zero, nullptr) < 0) continue;
+    for (int i = 0; i < count; ++i) {
+      if (!(chunk[i].revents & POLLNVAL) && chunk[i].fd != plan.error_fd) sys(SYS_close, chunk[i].fd);
+    }
   }
   return true;
 }
@@ -479,29 +501,6 @@ class ChildStack {
   std::size_t page_ = 4096;
 };
 
-// The highest open descriptor, for the child's last-resort close loop
-// (capped, so a huge RLIMIT_NOFILE cannot make that loop run for seconds).
-int highest_descriptor_bound() {
-  constexpr int kCap = 65536;
-  int highest = -1;
-  if (DIR* fds = opendir("/proc/self/fd")) {
-    while (dirent* entry = readdir(fds)) {
-      int fd = std::atoi(entry->d_name);
-      if (fd > highest) highest = fd;
-    }
-    closedir(fds);
-  }
-  if (highest < 0) {
-    struct rlimit limit {};
-    highest = 1023;
-    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 0x7fffffff) {
-      highest = static_cast<int>(limit.rlim_cur);
-    }
-  }
-  // Descriptors other threads open meanwhile are close-on-exec or not ours.
-  return highest + 64 < kCap ? highest + 64 : kCap;
-}
-
 // glibc's sigfillset/pthread_sigmask leave out the two signals it uses
 // itself (32: thread cancellation, 33: setxid broadcast); a handler for
 // either must not run in the child either, so the raw call blocks all 64.
@@ -561,8 +560,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                  stdin_source.get(),
                  out.write_end.get(),
                  err.write_end.get(),
-                 failure.write_end.get(),
-                 highest_descriptor_bound()};
+                 failure.write_end.get()};
   ChildStack stack;
   if (!stack.top()) return spawn_error(request, "cannot map the child's stack", errno);
 

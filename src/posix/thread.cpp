@@ -6,6 +6,12 @@
 
 #include <string>
 
+#include "posix/thread_signals.hpp"
+
+namespace modkit::posix {
+thread_local bool tls_all_signals_blocked = false;
+}  // namespace modkit::posix
+
 namespace modkit::platform {
 namespace {
 
@@ -30,6 +36,7 @@ class PosixThread final : public Thread {
 
 void* run(void* argument) {
   std::unique_ptr<std::function<void()>> body(static_cast<std::function<void()>*>(argument));
+  posix::tls_all_signals_blocked = true;
   (*body)();
   return nullptr;
 }

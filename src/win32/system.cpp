@@ -4,6 +4,7 @@
 #include <io.h>
 
 #include <climits>
+#include <cstdio>
 
 #include "win32/environment_block.hpp"
 #include "win32/windows_util.hpp"
@@ -60,6 +61,9 @@ void fill_random(unsigned char* buffer, std::size_t size) {
 }
 
 void write_all(int fd, const char* data, std::size_t size) {
+  // CRT descriptors block (there is no O_NONBLOCK), so a short write only
+  // means "go on". No SIGPIPE either: a closed reader fails the write, which
+  // drops the rest.
   while (size > 0) {
     unsigned chunk = size > 0x40000000 ? 0x40000000u : static_cast<unsigned>(size);
     int count = _write(fd, data, chunk);
@@ -67,6 +71,20 @@ void write_all(int fd, const char* data, std::size_t size) {
     data += count;
     size -= static_cast<std::size_t>(count);
   }
+}
+
+void write_all(std::FILE* file, const char* data, std::size_t size) {
+  _lock_file(file);
+  std::fflush(file);  // what the host wrote earlier comes first
+  int fd = _fileno(file);
+  if (fd >= 0) {
+    write_all(fd, data, size);
+  } else {
+    // No descriptor (a GUI program's stderr is -2): stdio is all there is.
+    std::fwrite(data, 1, size, file);
+    std::fflush(file);
+  }
+  _unlock_file(file);
 }
 
 std::error_code last_error() { return win32::win32_error(GetLastError()); }

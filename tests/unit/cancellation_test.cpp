@@ -3,7 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "modkit/modkit.hpp"
 
@@ -179,6 +181,71 @@ TEST(CancellationToken, ConcurrentCancelRunsEachCallbackOnce) {
     for (auto& thread : threads) thread.join();
     EXPECT_EQ(calls, 10);
   }
+}
+
+// The library drops a callback's exception only when it is itself built with
+// exceptions (CI also runs this suite against a -fno-exceptions library):
+// find out with a callback that runs at once on this thread.
+bool library_drops_callback_exceptions() {
+#if defined(__cpp_exceptions)
+  CancellationToken probe;
+  probe.cancel();
+  try {
+    auto registration = probe.on_cancel([] { throw 1; });
+  } catch (...) {
+    return false;
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
+TEST(CancellationToken, ThrowingCallbackDoesNotStopTheOthers) {
+  if (!library_drops_callback_exceptions()) GTEST_SKIP() << "library or tests built without exceptions";
+  CancellationToken token;
+  std::vector<int> order;
+  auto a = token.on_cancel([&] { order.push_back(1); });
+  auto b = token.on_cancel([&] {
+    order.push_back(2);
+    throw 42;
+  });
+  auto c = token.on_cancel([&] { order.push_back(3); });
+  token.cancel();  // must not throw
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
+  EXPECT_TRUE(token.is_cancelled());
+  b.reset();  // the thrower is no longer "running": no wait
+  bool late = false;
+  auto d = token.on_cancel([&] { late = true; });
+  EXPECT_TRUE(late);
+}
+
+TEST(CancellationToken, EmptyCallbackIsIgnored) {
+  CancellationToken token;
+  auto before = token.on_cancel(nullptr);
+  token.cancel();
+  auto after = token.on_cancel(std::function<void()>());
+  EXPECT_TRUE(token.is_cancelled());
+}
+
+TEST(CancellationToken, CallbackOwningARegistrationIsDestroyedWithoutTheLock) {
+  // A callback's captures are destroyed after it ran (or when it is
+  // unregistered) without the token's lock held: a captured Registration of
+  // the same token may unregister itself in its destructor.
+  CancellationToken token;
+  bool ran = false;
+  auto owned = std::make_shared<CancellationToken::Registration>(token.on_cancel([] {}));
+  auto outer = token.on_cancel([&ran, owned]() mutable { ran = true; });
+  owned.reset();  // only the callback owns it now
+  token.cancel();
+  EXPECT_TRUE(ran);
+
+  CancellationToken other;
+  auto owned2 = std::make_shared<CancellationToken::Registration>(other.on_cancel([] {}));
+  auto outer2 = other.on_cancel([owned2] {});
+  owned2.reset();
+  outer2.reset();  // destroys the callback, and with it the inner registration
+  other.cancel();
 }
 
 }  // namespace

@@ -132,6 +132,72 @@ TEST(JsonLogSink, EscapesStringsAndKeepsUtf8) {
             "\\u007f caf\xC3\xA9\"}\n");
 }
 
+TEST(TextLogSink, EscapesControlsSoOneRecordIsOneLine) {
+  LogRecord record = sample();
+  // A forged second record, a forged escape, terminal control (CSI as ESC [
+  // and as C1 U+009B), NUL, DEL, invalid UTF-8; TAB and other text stay.
+  static const char kLine[] =
+      "ok\n2023-11-14T22:13:20.123Z ERROR billing[567890ab] stdout: forged \\n cr\r esc\x1b[2J nul\0 del\x7f"
+      " csi\xC2\x9B" "31m nel\xC2\x85 tab\t bad\xFF\xC3 caf\xC3\xA9 copy\xC2\xA9 ls\xE2\x80\xA8";
+  record.line = std::string_view(kLine, sizeof kLine - 1);
+  record.module = "bi\nll\x1b" "ing\\";
+  record.instance_id = "x\r\xC2\x9B\x01";
+  std::string out = through_file<TextLogSink>({record});
+  EXPECT_EQ(out,
+            "2023-11-14T22:13:20.123Z WARN  bi\\nll\\u{1b}ing\\\\[x\\r\\u{9b}\\u{01}] stdout: "
+            "ok\\n2023-11-14T22:13:20.123Z ERROR billing[567890ab] stdout: forged \\\\n cr\\r esc\\u{1b}[2J "
+            "nul\\u{00} del\\u{7f} csi\\u{9b}31m nel\\u{85} tab\t bad\xEF\xBF\xBD\xEF\xBF\xBD caf\xC3\xA9 "
+            "copy\xC2\xA9 ls\xE2\x80\xA8\n");
+}
+
+TEST(TextLogSink, EscapesEveryControlByteAtEveryWordOffset) {
+  // The scan skips clean 8-byte words: put each special byte (and each
+  // two-byte C1 control) at every offset around a word boundary.
+  std::vector<LogRecord> records;
+  std::vector<std::string> lines, expected;
+  for (int c = 0; c < 0x20; ++c) {
+    if (c == '\t') continue;
+    std::string esc = c == '\n' ? "\\n" : c == '\r' ? "\\r" : "";
+    if (esc.empty()) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\u{%02x}", c);
+      esc = hex;
+    }
+    for (int at = 0; at < 18; ++at) {
+      lines.push_back(std::string(static_cast<std::size_t>(at), 'a') + static_cast<char>(c) + std::string(9, 'b'));
+      expected.push_back(std::string(static_cast<std::size_t>(at), 'a') + esc + std::string(9, 'b'));
+    }
+  }
+  for (int at = 0; at < 18; ++at) {
+    std::string pad(static_cast<std::size_t>(at), 'a');
+    lines.push_back(pad + "\xC2\x9F" + "z\\\x7f\t" + pad);
+    expected.push_back(pad + "\\u{9f}z\\\\\\u{7f}\t" + pad);
+  }
+  for (const auto& line : lines) {
+    LogRecord record = sample();
+    record.line = line;
+    records.push_back(record);
+  }
+  std::string out = through_file<TextLogSink>(records);
+  std::string prefix = "2023-11-14T22:13:20.123Z WARN  billing[567890ab] stdout: ";
+  std::string want;
+  for (const auto& line : expected) want += prefix + line + "\n";
+  EXPECT_EQ(out, want);
+}
+
+TEST(JsonLogSink, EscapesC1LineSeparatorsAndRepairsUtf8) {
+  LogRecord record = sample();
+  record.line = "nel\xC2\x85 csi\xC2\x9B ls\xE2\x80\xA8 ps\xE2\x80\xA9 ok\xE2\x80\xA6\xC2\xA0 bad\xFF\xED\xA0\x80";
+  record.module = "m\xC0\xAF";
+  record.instance_id = "\xF0\x9F\x98";
+  std::string out = through_file<JsonLogSink>({record});
+  EXPECT_EQ(out,
+            "{\"timestamp\":\"2023-11-14T22:13:20.123Z\",\"level\":\"warn\",\"module\":\"m\xEF\xBF\xBD\xEF\xBF\xBD\","
+            "\"instance_id\":\"\xEF\xBF\xBD\",\"stream\":\"stdout\",\"continuation\":false,"
+            "\"line\":\"nel\\u0085 csi\\u009b ls\\u2028 ps\\u2029 ok\xE2\x80\xA6\xC2\xA0 bad\xEF\xBF\xBD\xEF\xBF\xBD"
+            "\xEF\xBF\xBD\xEF\xBF\xBD\"}\n");
+}
+
 #ifndef _WIN32
 TEST(TextLogSink, WritesToAFileDescriptor) {
   std::string out = through_pipe<TextLogSink>({sample(), sample()});
