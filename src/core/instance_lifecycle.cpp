@@ -24,6 +24,7 @@ std::string_view to_string(Phase phase) {
 LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::time_point deadline) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
+  const Snapshot before = snapshot_locked();
   stop_requested_ = true;
   switch (phase_) {
     case Phase::Running: {
@@ -43,6 +44,10 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
     }
     case Phase::Stopping:
       stop_deadline_ = std::min(stop_deadline_, deadline);
+      if (stop_error_) {  // the kill at the deadline failed: try again
+        stop_error_.reset();
+        if (now >= stop_deadline_) kill_locked(now, "grace period expired: killed the process group", effects);
+      }
       break;
     case Phase::Killed:
       if (stop_error_) {  // the kill failed or did not take: try again
@@ -55,7 +60,7 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
     case Phase::Reaped:
       break;  // the drain deadlines already bound what is left
   }
-  return counted(std::move(effects));
+  return counted(std::move(effects), before);
 }
 
 void InstanceLifecycle::kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects) {
@@ -74,9 +79,10 @@ void InstanceLifecycle::kill_locked(Clock::time_point now, std::string why, Life
 LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
+  const Snapshot before = snapshot_locked();
   if (exit_ || phase_ == Phase::Reaped) return effects;
   exit_ = process_.peek_exit();
-  if (!exit_) return effects;  // not waitable yet (no records to count): the monitor signals again
+  if (!exit_) return effects;  // not waitable yet (nothing changed): the monitor signals again
   if (exit_->kind == ExitStatus::Kind::Unknown) {
     effects.records.push_back(
         {LogLevel::Warn, "exit status lost: pid " + std::to_string(process_.pid()) +
@@ -88,20 +94,22 @@ LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   phase_ = Phase::ExitedUnreaped;
   drain_deadline_ = now + timings_.drain_timeout;
   if (streams_closed_locked()) finish_locked(effects);
-  return counted(std::move(effects));
+  return counted(std::move(effects), before);
 }
 
 LifecycleEffects InstanceLifecycle::stream_closed(int stream, Clock::time_point /*now*/) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
+  const Snapshot before = snapshot_locked();
   closed_[stream] = true;
   if (phase_ == Phase::ExitedUnreaped && streams_closed_locked()) finish_locked(effects);
-  return counted(std::move(effects));
+  return counted(std::move(effects), before);
 }
 
 LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
+  const Snapshot before = snapshot_locked();
   switch (phase_) {
     case Phase::Stopping:
       if (now >= stop_deadline_ && !stop_error_) kill_locked(now, "grace period expired: killed the process group", effects);
@@ -146,7 +154,7 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
     case Phase::Reaped:
       break;
   }
-  return counted(std::move(effects));
+  return counted(std::move(effects), before);
 }
 
 void InstanceLifecycle::finish_locked(LifecycleEffects& effects) {

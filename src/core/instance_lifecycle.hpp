@@ -48,6 +48,7 @@ struct LifecycleEffects {
   std::vector<Record> records;
   bool interrupt_readers = false;  ///< stop reading the output pipes
   bool finished = false;           ///< just reaped: unlist it, report its exit
+  bool changed = false;            ///< anything at all changed: waiters must look again
 };
 
 enum class Phase { Running, Stopping, Killed, ExitedUnreaped, Drained, Reaped };
@@ -108,8 +109,25 @@ class InstanceLifecycle {
   std::optional<Error> stop_error_;
   std::atomic<bool> delivering_[2] = {{false}, {false}};
   std::atomic<int> undelivered_{0};
-  LifecycleEffects counted(LifecycleEffects effects) {
+  // What waiters look at; an event that leaves it as it was wakes nobody
+  // (a tick with nothing due must not, or the drivers would spin).
+  struct Snapshot {
+    Phase phase;
+    bool stop_error, closed0, closed1, leftovers_killed;
+    Clock::time_point stop_deadline;
+    bool operator==(const Snapshot& other) const {
+      return phase == other.phase && stop_error == other.stop_error && closed0 == other.closed0 &&
+             closed1 == other.closed1 && leftovers_killed == other.leftovers_killed &&
+             stop_deadline == other.stop_deadline;
+    }
+  };
+  Snapshot snapshot_locked() const {
+    return Snapshot{phase_, stop_error_.has_value(), closed_[0], closed_[1], leftovers_killed_, stop_deadline_};
+  }
+  LifecycleEffects counted(LifecycleEffects effects, const Snapshot& before) {
     undelivered_.fetch_add(static_cast<int>(effects.records.size()));
+    effects.changed = !(snapshot_locked() == before) || !effects.records.empty() || effects.finished ||
+                      effects.interrupt_readers;
     return effects;
   }
 };

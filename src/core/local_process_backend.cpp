@@ -70,6 +70,7 @@ using InstancePtr = std::shared_ptr<Instance>;
 thread_local const void* tls_backend = nullptr;
 thread_local const Instance* tls_reader_of = nullptr;
 thread_local int tls_reader_stream = 0;
+thread_local bool tls_on_supervisor = false;
 
 }  // namespace
 
@@ -78,6 +79,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   Impl(core::PlatformServices services, CancellationToken token, std::shared_ptr<LogSink> sink,
        LocalProcessOptions options)
       : services_(std::move(services)), token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {
+    // Far above any sane line, and far enough from SIZE_MAX for the splitter's arithmetic.
+    options_.max_line_bytes = std::min<std::size_t>(options_.max_line_bytes, std::size_t{1} << 30);
     timings_.drain_timeout = options_.drain_timeout;
     timings_.kill_timeout = options_.kill_timeout;
   }
@@ -104,7 +107,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void deliver(const LogRecord& record);
-  void apply(const InstancePtr& instance, LifecycleEffects effects, bool may_log);
+  void apply(const InstancePtr& instance, LifecycleEffects effects);
+  void queue_record(const InstancePtr& instance, LogLevel level, std::string text);
   void notify() {
     std::lock_guard<std::mutex> lock(state_mutex_);
     ++generation_;
@@ -124,6 +128,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   std::vector<InstancePtr> live_instances();
 
   void supervise();
+  bool deliver_pending_records();
   void report_exit(const InstancePtr& instance);
 
   core::PlatformServices services_;
@@ -148,6 +153,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   struct PendingRecord {
     InstancePtr instance;
     LifecycleEffects::Record record;
+    bool counted = true;  // counted by the instance's lifecycle until delivered
   };
   std::deque<PendingRecord> pending_records_;  // from threads that must not call the sink
   bool cancel_seen_ = false;
@@ -155,6 +161,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   bool destroying_ = false;
   bool torn_down_ = false;  // the destructor has returned: no more on_exit calls
   bool supervisor_done_ = false;
+  bool supervisor_running_ = false;
+  bool in_on_exit_ = false;  // the supervisor is inside on_exit
 };
 
 // ---------------------------------------------------------------------------
@@ -188,7 +196,11 @@ void LocalProcessBackend::Impl::log_event(const Instance* instance, LogLevel lev
   deliver(record);
 }
 
-void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffects effects, bool may_log) {
+// Library records go to the supervisor, which alone calls the sink for them:
+// a thread that waits against a bound (stop_instance, the destructor) or a
+// host thread (spawn_instance) never blocks in a sink. Lines go from the
+// readers. Until the supervisor runs, records are logged where they arise.
+void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffects effects) {
   if (effects.interrupt_readers) {
     for (auto& pipe : instance->pipes) {
       if (pipe) pipe->interrupt();
@@ -197,21 +209,25 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
   // Unlisted before anyone can see the status: a stop_instance that returns
   // it must not find the instance again.
   if (effects.finished) unlist(*instance);
+  if (!effects.changed) return;
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  if (effects.finished) reports_.push_back(instance);
+  for (auto& record : effects.records) pending_records_.push_back({instance, std::move(record)});
+  ++generation_;
+  state_changed_.notify_all();
+}
+
+void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLevel level, std::string text) {
   {
     std::lock_guard<std::mutex> lock(state_mutex_);
-    if (effects.finished) reports_.push_back(instance);
-    if (!may_log) {
-      for (auto& record : effects.records) pending_records_.push_back({instance, std::move(record)});
-      effects.records.clear();
+    if (supervisor_running_) {
+      pending_records_.push_back({instance, {level, std::move(text)}, false});
+      ++generation_;
+      state_changed_.notify_all();
+      return;
     }
-    ++generation_;
-    state_changed_.notify_all();
   }
-  for (const auto& record : effects.records) log_event(instance.get(), record.level, record.text);
-  if (!effects.records.empty()) {
-    instance->lifecycle.records_delivered(effects.records.size());
-    notify();
-  }
+  log_event(instance.get(), level, text);
 }
 
 // ---------------------------------------------------------------------------
@@ -234,6 +250,10 @@ Result<void> LocalProcessBackend::Impl::start() {
     return std::move(supervisor).error();
   }
   supervisor_ = std::move(*supervisor);
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    supervisor_running_ = true;
+  }
   registration_ = token_.on_cancel([weak] {
     if (auto self = weak.lock()) self->observe_cancel();
   });
@@ -308,7 +328,7 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   auto watched = monitor_->watch(*instance->process, [weak_self, weak_instance] {
     auto self = weak_self.lock();
     auto alive = weak_instance.lock();
-    if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()), false);
+    if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()));
   });
   if (!watched) {
     unlist(*instance);
@@ -328,7 +348,7 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   } else {
     text += " (" + std::to_string(request->args.size()) + " argument(s))";
   }
-  log_event(instance.get(), LogLevel::Info, text);
+  queue_record(instance, LogLevel::Info, std::move(text));
   return instance->handle;
 }
 
@@ -345,8 +365,8 @@ void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance
     if (reader) reader->join();  // interrupted and never given a line to deliver: returns at once
   }
   if (!exited) {
-    log_event(instance.get(), LogLevel::Error,
-              "pid " + std::to_string(instance->process->pid()) + " did not exit after being killed: abandoned");
+    queue_record(instance, LogLevel::Error,
+                 "pid " + std::to_string(instance->process->pid()) + " did not exit after being killed: abandoned");
   }
 }
 
@@ -418,7 +438,7 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     splitter.finish();
     instance->lifecycle.delivering(index, false);
   }
-  apply(instance, instance->lifecycle.stream_closed(index, Clock::now()), true);
+  apply(instance, instance->lifecycle.stream_closed(index, Clock::now()));
   instance->readers_running.fetch_sub(1);
   notify();
   tls_reader_of = nullptr;
@@ -433,7 +453,7 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
 // until each is reaped or its stop failed, within G + K + 2D.
 void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group, Clock::time_point deadline) {
   Clock::time_point now = Clock::now();
-  for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, deadline), true);
+  for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, deadline));
   const Clock::time_point bound = std::max(deadline, now) + after_kill_bound();
   for (;;) {
     std::uint64_t seen;
@@ -445,12 +465,14 @@ void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group
     bool all_settled = true;
     Clock::time_point next = bound;
     for (const auto& instance : group) {
-      apply(instance, instance->lifecycle.tick(now), true);
+      apply(instance, instance->lifecycle.tick(now));
       if (instance->lifecycle.settled() && !instance->lifecycle.records_pending()) continue;
       all_settled = false;
       if (auto due = instance->lifecycle.next_deadline()) next = std::min(next, *due);
     }
     if (all_settled || now >= bound) return;
+    // From on_exit, on the supervisor: nobody else delivers the records.
+    if (tls_on_supervisor && tls_backend == this && deliver_pending_records()) continue;
     std::unique_lock<std::mutex> lock(state_mutex_);
     state_changed_.wait_until(lock, next, [&] { return generation_ != seen; });
   }
@@ -472,7 +494,7 @@ Result<std::optional<ExitStatus>> LocalProcessBackend::Impl::stop(const Instance
   if (tls_reader_of == instance.get()) {
     // The sink, on this instance's own reader: the drain cannot finish while
     // we wait here. Start the stop; the supervisor carries it on.
-    apply(instance, instance->lifecycle.begin_stop(Clock::now(), Clock::now() + options_.stop_grace), true);
+    apply(instance, instance->lifecycle.begin_stop(Clock::now(), Clock::now() + options_.stop_grace));
     return with_module(make_error(std::errc::resource_deadlock_would_occur,
                                   "stop_instance called from the sink on the instance's own reader thread: the stop "
                                   "was started and goes on without waiting"));
@@ -532,8 +554,8 @@ void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
   }
   std::string why = "not stopped";
   if (auto error = instance->lifecycle.stop_error()) why = error->message;
-  log_event(instance.get(), LogLevel::Error,
-            "abandoned pid " + std::to_string(instance->process->pid()) + " (" + why +
+  queue_record(instance, LogLevel::Error,
+               "abandoned pid " + std::to_string(instance->process->pid()) + " (" + why +
                 "): modkit no longer watches it (see the README's Gotchas)");
 }
 
@@ -556,12 +578,13 @@ void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
   }
   if (status.forced) text += " (forced after the grace period)";
   log_event(instance.get(), level, text);
-  bool call;
   {
+    // Decided under the lock that the destructor sets torn_down_ with: no
+    // on_exit starts after it has given up on the supervisor.
     std::lock_guard<std::mutex> lock(state_mutex_);
-    call = !torn_down_ && options_.on_exit;
+    if (torn_down_ || !options_.on_exit) return;
+    in_on_exit_ = true;
   }
-  if (!call) return;
 #if defined(__cpp_exceptions)
   try {
     options_.on_exit(instance->handle, status);
@@ -571,11 +594,37 @@ void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
 #else
   options_.on_exit(instance->handle, status);
 #endif
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  in_on_exit_ = false;
+  ++generation_;
+  state_changed_.notify_all();
+}
+
+// Logs the queued library records; true if there were any.
+bool LocalProcessBackend::Impl::deliver_pending_records() {
+  bool any = false;
+  for (;;) {
+    PendingRecord pending;
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      if (pending_records_.empty()) return any;
+      pending = std::move(pending_records_.front());
+      pending_records_.pop_front();
+    }
+    any = true;
+    log_event(pending.instance.get(), pending.record.level, pending.record.text);
+    if (pending.instance && pending.counted) {
+      pending.instance->lifecycle.records_delivered(1);
+      notify();
+    }
+  }
 }
 
 void LocalProcessBackend::Impl::supervise() {
   tls_backend = this;
+  tls_on_supervisor = true;
   bool shutdown_started = false;
+  bool announce_completion = false;
   std::unique_lock<std::mutex> lock(state_mutex_);
   for (;;) {
     std::uint64_t seen = generation_;
@@ -586,8 +635,10 @@ void LocalProcessBackend::Impl::supervise() {
         pending_records_.pop_front();
         lock.unlock();
         log_event(pending.instance.get(), pending.record.level, pending.record.text);
-        pending.instance->lifecycle.records_delivered(1);
-        notify();
+        if (pending.instance && pending.counted) {
+          pending.instance->lifecycle.records_delivered(1);
+          notify();
+        }
       } else {
         InstancePtr instance = std::move(reports_.front());
         reports_.pop_front();
@@ -611,6 +662,7 @@ void LocalProcessBackend::Impl::supervise() {
       // The destructor joins what is left.
       for (auto& instance : finished) unjoined_.push_back(std::move(instance));
       supervisor_done_ = true;
+      supervisor_running_ = false;
       state_changed_.notify_all();
       return;
     }
@@ -625,22 +677,29 @@ void LocalProcessBackend::Impl::supervise() {
     }
     finished.clear();
     if (start_shutdown) {
+      // Starts every stop and goes on: the ticks below drive them, and this
+      // thread must stay free to deliver their records.
       shutdown_started = true;
       auto group = live_instances();
       if (!group.empty()) {
         log_event(nullptr, LogLevel::Info, "shutting down: stopping " + std::to_string(group.size()) + " instance(s)");
+        announce_completion = true;
       }
-      stop_group(group, shutdown_deadline);
-      if (!group.empty()) log_event(nullptr, LogLevel::Info, "shutdown complete: every instance stopped");
+      Clock::time_point now = Clock::now();
+      for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, shutdown_deadline));
       lock.lock();
       continue;
+    }
+    if (announce_completion && live_instances().empty()) {
+      announce_completion = false;
+      log_event(nullptr, LogLevel::Info, "shutdown complete: every instance stopped");
     }
     // 3. Deadlines nobody else is waiting for (drains after a natural exit,
     // a stop started from a sink).
     Clock::time_point now = Clock::now();
     std::optional<Clock::time_point> next;
     for (const auto& instance : watch) {
-      apply(instance, instance->lifecycle.tick(now), true);
+      apply(instance, instance->lifecycle.tick(now));
       if (auto due = instance->lifecycle.next_deadline()) next = next ? std::min(*next, *due) : *due;
     }
     watch.clear();
@@ -658,22 +717,25 @@ void LocalProcessBackend::Impl::supervise() {
 // Teardown
 // ---------------------------------------------------------------------------
 
+// One deadline for the whole teardown, the documented bound: the stop, then
+// what is left of it for the supervisor's last reports and the readers.
 void LocalProcessBackend::Impl::teardown() {
+  const Clock::time_point deadline = Clock::now() + options_.shutdown_grace + after_kill_bound();
   registration_.reset();
   {
     std::unique_lock<std::shared_mutex> lock(instances_mutex_);
     closed_ = true;
   }
+  auto group = live_instances();
   // Destroyed from a sink on an instance's own reader: that stream will not
   // be read any further, so the stop below need not wait for it.
-  auto group = live_instances();
   if (tls_backend == this && tls_reader_of != nullptr) {
     for (const auto& instance : group) {
       if (instance.get() != tls_reader_of) continue;
       for (auto& pipe : instance->pipes) {
         if (pipe) pipe->interrupt();
       }
-      apply(instance, instance->lifecycle.stream_closed(tls_reader_stream, Clock::now()), true);
+      apply(instance, instance->lifecycle.stream_closed(tls_reader_stream, Clock::now()));
     }
   }
   if (monitor_) {
@@ -683,74 +745,71 @@ void LocalProcessBackend::Impl::teardown() {
     }
   }
 
-  // The supervisor reports what is left, then ends; it may be busy in
-  // on_exit, so the wait is bounded.
-  Clock::time_point bound = Clock::now() + options_.drain_timeout + kBoundSlack;
-  {
-    std::unique_lock<std::mutex> lock(state_mutex_);
-    destroying_ = true;
-    ++generation_;
-    state_changed_.notify_all();
-    bool on_supervisor = supervisor_ && supervisor_->is_current();
-    if (supervisor_ && !on_supervisor) state_changed_.wait_until(lock, bound, [&] { return supervisor_done_; });
-    bool done = supervisor_done_;
-    lock.unlock();
-    if (supervisor_) {
-      if (done) {
-        supervisor_->join();
-      } else {
-        supervisor_->detach();
-        if (!on_supervisor) log_event(nullptr, LogLevel::Error, "on_exit has not returned: supervisor thread abandoned");
-      }
-    }
-  }
-  if (monitor_) monitor_->shutdown();
-
-  // Readers end at EOF or once interrupted, unless a sink call holds them.
+  // Readers end at EOF or once interrupted, unless a sink call holds them;
+  // the supervisor delivers what is queued (records, exit reports).
   std::vector<InstancePtr> unjoined;
   {
     std::lock_guard<std::mutex> lock(state_mutex_);
-    unjoined.swap(unjoined_);
+    unjoined = unjoined_;
   }
   for (const auto& instance : unjoined) {
     for (auto& pipe : instance->pipes) {
       if (pipe) pipe->interrupt();
     }
   }
-  {
-    std::unique_lock<std::mutex> lock(state_mutex_);
-    state_changed_.wait_until(lock, bound, [&] {
-      for (const auto& instance : unjoined) {
-        int own = (tls_reader_of == instance.get()) ? 1 : 0;
-        if (instance->readers_running.load() > own) return false;
-      }
-      return true;
-    });
+  const bool on_supervisor = supervisor_ && supervisor_->is_current();
+  auto readers_done = [&](const Instance& instance) {
+    int own = (tls_reader_of == &instance) ? 1 : 0;
+    return instance.readers_running.load() <= own;
+  };
+  std::unique_lock<std::mutex> lock(state_mutex_);
+  state_changed_.wait_until(lock, deadline, [&] {
+    for (const auto& instance : unjoined) {
+      if (!readers_done(*instance)) return false;
+    }
+    return on_supervisor || !supervisor_running_ ||
+           (pending_records_.empty() && reports_.empty() && !in_on_exit_);
+  });
+  int stuck_readers = 0;
+  for (const auto& instance : unjoined) stuck_readers += readers_done(*instance) ? 0 : 1;
+  if (stuck_readers > 0 && supervisor_running_) {
+    pending_records_.push_back({nullptr,
+                                {LogLevel::Error, "a sink call has not returned: the readers of " +
+                                                      std::to_string(stuck_readers) +
+                                                      " instance(s) abandoned; they end when the sink returns"},
+                                false});
   }
-  int abandoned_readers = 0;
+  // Then the supervisor ends (after that record, if it can); no on_exit
+  // starts once torn_down_ is set.
+  destroying_ = true;
+  ++generation_;
+  state_changed_.notify_all();
+  if (supervisor_ && !on_supervisor) state_changed_.wait_until(lock, deadline, [&] { return supervisor_done_; });
+  torn_down_ = true;
+  const bool supervisor_done = supervisor_done_;
+  unjoined.clear();
+  unjoined.swap(unjoined_);
+  lock.unlock();
+
+  if (supervisor_) {
+    if (supervisor_done) {
+      supervisor_->join();
+    } else {
+      supervisor_->detach();  // busy in on_exit or a sink: it holds what it uses
+    }
+  }
+  if (monitor_) monitor_->shutdown();
   for (const auto& instance : unjoined) {
-    bool all_done = instance->readers_running.load() == 0;
+    bool done = instance->readers_running.load() == 0;
     for (auto& reader : instance->readers) {
       if (!reader) continue;
-      if (all_done) {
+      if (done) {
         reader->join();
-      } else if (reader->is_current()) {
-        reader->detach();
       } else {
-        // Either done (join is immediate) or stuck in the sink: we cannot
-        // tell the two streams apart cheaply, so detach both; a detached
-        // thread holds what it uses and ends when the sink returns.
-        reader->detach();
-        ++abandoned_readers;
+        reader->detach();  // ends when the sink returns; it holds what it uses
       }
     }
   }
-  if (abandoned_readers > 0) {
-    log_event(nullptr, LogLevel::Error, "a sink call has not returned: " + std::to_string(abandoned_readers) +
-                                            " reader thread(s) abandoned; they end when the sink returns");
-  }
-  std::lock_guard<std::mutex> lock(state_mutex_);
-  torn_down_ = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -804,20 +863,30 @@ LocalProcessBackend::LocalProcessBackend(CancellationToken token, std::shared_pt
   }
 }
 
-LocalProcessBackend::~LocalProcessBackend() { impl_->teardown(); }
+LocalProcessBackend::~LocalProcessBackend() {
+  auto keep = impl_;  // a callback inside the teardown must not free it under us
+  keep->teardown();
+}
 
+// Each call holds the Impl: a callback it runs may destroy the backend.
 Result<InstanceHandle> LocalProcessBackend::spawn_instance(const OopModuleConfig& config) {
-  return impl_->spawn(config);
+  auto keep = impl_;
+  return keep->spawn(config);
 }
 
 Result<std::optional<ExitStatus>> LocalProcessBackend::stop_instance(const InstanceHandle& handle) {
-  return impl_->stop(handle);
+  auto keep = impl_;
+  return keep->stop(handle);
 }
 
 Result<std::vector<InstanceHandle>> LocalProcessBackend::list_instances(std::string_view module) {
-  return impl_->list(module);
+  auto keep = impl_;
+  return keep->list(module);
 }
 
-void LocalProcessBackend::wait_for_shutdown() { impl_->wait_for_shutdown(); }
+void LocalProcessBackend::wait_for_shutdown() {
+  auto keep = impl_;
+  keep->wait_for_shutdown();
+}
 
 }  // namespace modkit

@@ -416,8 +416,17 @@ class PosixProcess final : public Process {
     std::lock_guard<std::mutex> lock(mutex_);
     if (reaped_) return;
     siginfo_t info{};
-    while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG) != 0 && errno == EINTR) {
-    }
+    int result;
+    do {
+      // P_PIDFD where we can: should the host have reaped it behind our back
+      // and the pid been reused, P_PID could reap one of the host's children.
+      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                               WEXITED | WNOHANG)
+                      : -1;
+      if (result != 0 && (!pidfd_ || errno == EINVAL)) {
+        result = waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG);
+      }
+    } while (result != 0 && errno == EINTR);
     reaped_ = true;
     stdin_write_.reset();
   }
@@ -426,8 +435,20 @@ class PosixProcess final : public Process {
   // With mutex_ held and the child unreaped: its pid is reserved, and so is
   // its group id (a zombie leader keeps it).
   Result<void> signal_group(int signal_number) {
-    if (::kill(-pid_, signal_number) == 0 || errno == ESRCH) return {};
-    int error = errno;
+    // The leader through its pidfd as well: a module that moved itself to
+    // another group (setpgid) would otherwise get nothing, and the stop would
+    // wait out the kill bound for a child that never heard of it.
+    int leader_error = ESRCH;
+#ifdef SYS_pidfd_send_signal
+    if (pidfd_) {
+      leader_error = syscall(SYS_pidfd_send_signal, pidfd_.get(), signal_number, nullptr, 0) == 0 ? 0 : errno;
+    }
+#endif
+    if (::kill(-pid_, signal_number) == 0 || leader_error == 0) return {};
+    int group_error = errno;
+    // Nobody there at all (an empty group, the leader gone): nothing to stop.
+    if (group_error == ESRCH && leader_error == ESRCH) return {};
+    int error = group_error == EPERM || leader_error == EPERM ? EPERM : group_error;
     return Error{std::make_error_code(error == EPERM ? std::errc::operation_not_permitted : std::errc::io_error),
                  "module '" + module_ + "': cannot signal pid " + std::to_string(pid_) + " (process group " +
                      std::to_string(pid_) + "): " + std::generic_category().message(error)};

@@ -124,6 +124,12 @@ int main(int argc, char** argv) {
         return 97;
       }
       out(1, "grandchild stopped " + std::to_string(pid) + "\n");
+    } else if (command == "join-parent-group") {  // leaves its own group for its parent's
+      if (setpgid(0, getpgid(getppid())) != 0) {
+        out(2, "hostile_child: setpgid failed\n");
+        return 96;
+      }
+      out(1, "joined\n");
     } else if (command == "fd-open") {
       int fd = static_cast<int>(std::strtol(argument(argc, argv, ++i), nullptr, 10));
       out(1, "fd " + std::to_string(fd) + (fcntl(fd, F_GETFD) != -1 ? " open\n" : " closed\n"));
