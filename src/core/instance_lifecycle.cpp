@@ -175,6 +175,10 @@ Phase InstanceLifecycle::phase() const {
 
 std::optional<Clock::time_point> InstanceLifecycle::next_deadline() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  return next_deadline_locked();
+}
+
+std::optional<Clock::time_point> InstanceLifecycle::next_deadline_locked() const {
   switch (phase_) {
     case Phase::Stopping:
       if (!stop_error_) return stop_deadline_;

@@ -49,6 +49,8 @@ struct LifecycleEffects {
   bool interrupt_readers = false;  ///< stop reading the output pipes
   bool finished = false;           ///< just reaped: unlist it, report its exit
   bool changed = false;            ///< anything at all changed: waiters must look again
+  bool new_deadline = false;       ///< next_deadline() moved: whoever times it must look again
+  bool settled_changed = false;    ///< settled() may have changed: stop waiters must look again
 };
 
 enum class Phase { Running, Stopping, Killed, ExitedUnreaped, Drained, Reaped };
@@ -76,7 +78,10 @@ class InstanceLifecycle {
   void delivering(int stream, bool inside) { delivering_[stream].store(inside, std::memory_order_relaxed); }
   /// Records an event returned are counted until their caller has logged
   /// them, so a stop returns only after its records reached the sink.
-  void records_delivered(std::size_t count) { undelivered_.fetch_sub(static_cast<int>(count)); }
+  /// Returns how many are still undelivered.
+  int records_delivered(std::size_t count) {
+    return undelivered_.fetch_sub(static_cast<int>(count)) - static_cast<int>(count);
+  }
   bool records_pending() const { return undelivered_.load() > 0; }
 
   // --- Queries --------------------------------------------------------------
@@ -111,7 +116,9 @@ class InstanceLifecycle {
   std::atomic<int> undelivered_{0};
   // What waiters look at; an event that leaves it as it was wakes nobody
   // (a tick with nothing due must not, or the drivers would spin).
+  std::optional<Clock::time_point> next_deadline_locked() const;
   struct Snapshot {
+    std::optional<Clock::time_point> deadline;
     Phase phase;
     bool stop_error, closed0, closed1, leftovers_killed;
     Clock::time_point stop_deadline;
@@ -122,12 +129,15 @@ class InstanceLifecycle {
     }
   };
   Snapshot snapshot_locked() const {
-    return Snapshot{phase_, stop_error_.has_value(), closed_[0], closed_[1], leftovers_killed_, stop_deadline_};
+    return Snapshot{next_deadline_locked(), phase_,           stop_error_.has_value(), closed_[0], closed_[1],
+                    leftovers_killed_,      stop_deadline_};
   }
   LifecycleEffects counted(LifecycleEffects effects, const Snapshot& before) {
     undelivered_.fetch_add(static_cast<int>(effects.records.size()));
-    effects.changed = !(snapshot_locked() == before) || !effects.records.empty() || effects.finished ||
-                      effects.interrupt_readers;
+    const Snapshot after = snapshot_locked();
+    effects.changed = !(after == before) || !effects.records.empty() || effects.finished || effects.interrupt_readers;
+    effects.new_deadline = after.deadline != before.deadline;
+    effects.settled_changed = effects.finished || after.stop_error != before.stop_error;
     return effects;
   }
 };

@@ -146,8 +146,17 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   bool closed_ = false;                                     // no more spawns
 
   std::mutex state_mutex_;
+  // Waiters (stop drivers, the teardown) and the supervisor wait apart: the
+  // supervisor wakes only when it has work, not at every change of a stop
+  // someone else drives (each wake-up costs a context switch on the path).
   std::condition_variable state_changed_;
   std::uint64_t generation_ = 0;  // bumped by every change, so no wake-up is missed
+  std::condition_variable supervisor_wake_;
+  std::uint64_t supervisor_generation_ = 0;
+  void wake_supervisor_locked() {
+    ++supervisor_generation_;
+    supervisor_wake_.notify_one();
+  }
   std::vector<InstancePtr> unjoined_;  // every instance whose readers are not joined yet
   std::deque<InstancePtr> reports_;    // reaped, exit not yet reported
   struct PendingRecord {
@@ -213,8 +222,11 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
   std::lock_guard<std::mutex> lock(state_mutex_);
   if (effects.finished) reports_.push_back(instance);
   for (auto& record : effects.records) pending_records_.push_back({instance, std::move(record)});
-  ++generation_;
-  state_changed_.notify_all();
+  if (effects.settled_changed || effects.new_deadline) {
+    ++generation_;
+    state_changed_.notify_all();
+  }
+  if (effects.finished || !effects.records.empty() || effects.new_deadline) wake_supervisor_locked();
 }
 
 void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLevel level, std::string text) {
@@ -222,8 +234,7 @@ void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLev
     std::lock_guard<std::mutex> lock(state_mutex_);
     if (supervisor_running_) {
       pending_records_.push_back({instance, {level, std::move(text)}, false});
-      ++generation_;
-      state_changed_.notify_all();
+      wake_supervisor_locked();
       return;
     }
   }
@@ -274,6 +285,7 @@ void LocalProcessBackend::Impl::observe_cancel() {
   shutdown_deadline_ = Clock::now() + options_.shutdown_grace;
   ++generation_;
   state_changed_.notify_all();
+  wake_supervisor_locked();
 }
 
 Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& config) {
@@ -439,8 +451,12 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     instance->lifecycle.delivering(index, false);
   }
   apply(instance, instance->lifecycle.stream_closed(index, Clock::now()));
-  instance->readers_running.fetch_sub(1);
-  notify();
+  if (instance->readers_running.fetch_sub(1) == 1) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    ++generation_;
+    state_changed_.notify_all();
+    wake_supervisor_locked();  // its readers can be joined
+  }
   tls_reader_of = nullptr;
   tls_backend = nullptr;
 }
@@ -614,8 +630,7 @@ bool LocalProcessBackend::Impl::deliver_pending_records() {
     any = true;
     log_event(pending.instance.get(), pending.record.level, pending.record.text);
     if (pending.instance && pending.counted) {
-      pending.instance->lifecycle.records_delivered(1);
-      notify();
+      if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
     }
   }
 }
@@ -627,8 +642,9 @@ void LocalProcessBackend::Impl::supervise() {
   bool announce_completion = false;
   std::unique_lock<std::mutex> lock(state_mutex_);
   for (;;) {
-    std::uint64_t seen = generation_;
+    std::uint64_t seen = supervisor_generation_;
     // 1. Records from threads that may not call the sink, then exit reports.
+    bool delivered = !pending_records_.empty() || !reports_.empty();
     while (!pending_records_.empty() || !reports_.empty()) {
       if (!pending_records_.empty()) {
         PendingRecord pending = std::move(pending_records_.front());
@@ -636,8 +652,7 @@ void LocalProcessBackend::Impl::supervise() {
         lock.unlock();
         log_event(pending.instance.get(), pending.record.level, pending.record.text);
         if (pending.instance && pending.counted) {
-          pending.instance->lifecycle.records_delivered(1);
-          notify();
+          if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
         }
       } else {
         InstancePtr instance = std::move(reports_.front());
@@ -647,6 +662,10 @@ void LocalProcessBackend::Impl::supervise() {
         report_exit(instance);
       }
       lock.lock();
+    }
+    if (delivered) {  // the teardown waits for empty queues
+      ++generation_;
+      state_changed_.notify_all();
     }
     // 2. Join the readers of reported instances whose readers have returned.
     std::vector<InstancePtr> finished;
@@ -704,11 +723,11 @@ void LocalProcessBackend::Impl::supervise() {
     }
     watch.clear();
     lock.lock();
-    auto woken = [&] { return generation_ != seen; };
+    auto woken = [&] { return supervisor_generation_ != seen; };
     if (next) {
-      state_changed_.wait_until(lock, *next, woken);
+      supervisor_wake_.wait_until(lock, *next, woken);
     } else {
-      state_changed_.wait(lock, woken);
+      supervisor_wake_.wait(lock, woken);
     }
   }
 }
@@ -782,8 +801,7 @@ void LocalProcessBackend::Impl::teardown() {
   // Then the supervisor ends (after that record, if it can); no on_exit
   // starts once torn_down_ is set.
   destroying_ = true;
-  ++generation_;
-  state_changed_.notify_all();
+  wake_supervisor_locked();
   if (supervisor_ && !on_supervisor) state_changed_.wait_until(lock, deadline, [&] { return supervisor_done_; });
   torn_down_ = true;
   const bool supervisor_done = supervisor_done_;

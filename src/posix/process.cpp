@@ -440,7 +440,7 @@ class PosixProcess final : public Process {
     // wait out the kill bound for a child that never heard of it.
     int leader_error = ESRCH;
 #ifdef SYS_pidfd_send_signal
-    if (pidfd_) {
+    if (pidfd_ && !status_) {  // an exited leader needs no signal, only its group does
       leader_error = syscall(SYS_pidfd_send_signal, pidfd_.get(), signal_number, nullptr, 0) == 0 ? 0 : errno;
     }
 #endif
