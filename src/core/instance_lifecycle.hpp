@@ -88,6 +88,12 @@ class InstanceLifecycle {
   Phase phase() const;
   /// The next time tick() has something to do.
   std::optional<Clock::time_point> next_deadline() const;
+  /// The same, read without the lock (so a thread watching a thousand
+  /// instances can skip those with nothing due): Clock::time_point::max()
+  /// when there is none.
+  Clock::time_point next_deadline_hint() const {
+    return Clock::time_point(Clock::duration(deadline_hint_.load(std::memory_order_acquire)));
+  }
   /// Nothing more will happen without a new event: reaped, or the stop failed.
   bool settled() const;
   /// Set once reaped.
@@ -114,6 +120,7 @@ class InstanceLifecycle {
   std::optional<Error> stop_error_;
   std::atomic<bool> delivering_[2] = {{false}, {false}};
   std::atomic<int> undelivered_{0};
+  std::atomic<Clock::rep> deadline_hint_{Clock::time_point::max().time_since_epoch().count()};
   // What waiters look at; an event that leaves it as it was wakes nobody
   // (a tick with nothing due must not, or the drivers would spin).
   std::optional<Clock::time_point> next_deadline_locked() const;
@@ -137,6 +144,11 @@ class InstanceLifecycle {
     const Snapshot after = snapshot_locked();
     effects.changed = !(after == before) || !effects.records.empty() || effects.finished || effects.interrupt_readers;
     effects.new_deadline = after.deadline != before.deadline;
+    if (effects.new_deadline) {
+      deadline_hint_.store(after.deadline ? after.deadline->time_since_epoch().count()
+                                          : Clock::time_point::max().time_since_epoch().count(),
+                           std::memory_order_release);
+    }
     effects.settled_changed = effects.finished || after.stop_error != before.stop_error;
     return effects;
   }

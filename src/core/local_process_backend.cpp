@@ -718,6 +718,12 @@ void LocalProcessBackend::Impl::supervise() {
     Clock::time_point now = Clock::now();
     std::optional<Clock::time_point> next;
     for (const auto& instance : watch) {
+      // Most instances have nothing due: skip them without their lock.
+      if (instance->lifecycle.next_deadline_hint() > now) {
+        auto due = instance->lifecycle.next_deadline_hint();
+        if (due != Clock::time_point::max()) next = next ? std::min(*next, due) : due;
+        continue;
+      }
       apply(instance, instance->lifecycle.tick(now));
       if (auto due = instance->lifecycle.next_deadline()) next = next ? std::min(*next, *due) : *due;
     }
