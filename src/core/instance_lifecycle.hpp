@@ -83,6 +83,7 @@ class InstanceLifecycle {
     return undelivered_.fetch_sub(static_cast<int>(count)) - static_cast<int>(count);
   }
   bool records_pending() const { return undelivered_.load() > 0; }
+  int undelivered() const { return undelivered_.load(); }
 
   // --- Queries --------------------------------------------------------------
   Phase phase() const;

@@ -18,6 +18,7 @@
 //   instances_mutex_ (the live map)  ->  state_mutex_ (queues, flags, wake-ups)
 //   ->  an InstanceLifecycle's own lock.
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -71,6 +72,9 @@ thread_local const void* tls_backend = nullptr;
 thread_local const Instance* tls_reader_of = nullptr;
 thread_local int tls_reader_stream = 0;
 thread_local bool tls_on_supervisor = false;
+// The instance whose counted library record this thread is handing to the
+// sink: a stop called from that sink call must not wait for that record.
+thread_local const Instance* tls_delivering_for = nullptr;
 
 }  // namespace
 
@@ -129,6 +133,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 
   void supervise();
   bool deliver_pending_records();
+  bool records_outstanding(const Instance& instance);
   void report_exit(const InstancePtr& instance);
 
   core::PlatformServices services_;
@@ -172,6 +177,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   bool supervisor_done_ = false;
   bool supervisor_running_ = false;
   bool in_on_exit_ = false;  // the supervisor is inside on_exit
+  std::atomic<bool> sink_closed_{false};  // the destructor returned: no sink call any more
 };
 
 // ---------------------------------------------------------------------------
@@ -181,6 +187,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 // Host code runs only here and in report_exit. An exception from it (a host
 // built with exceptions) must not unwind through modkit's threads.
 void LocalProcessBackend::Impl::deliver(const LogRecord& record) {
+  // The host may close what its sink writes to once the destructor returned.
+  if (sink_closed_.load(std::memory_order_acquire)) return;
 #if defined(__cpp_exceptions)
   try {
     sink_->write(record);
@@ -373,8 +381,11 @@ void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance
   for (auto& pipe : instance->pipes) {
     if (pipe) pipe->interrupt();
   }
+  // Not joined: a reader may already be inside the sink with a line, and a
+  // sink that waits for a lock the host holds around spawn_instance would
+  // deadlock us. Interrupted, it ends by itself; it holds what it uses.
   for (auto& reader : instance->readers) {
-    if (reader) reader->join();  // interrupted and never given a line to deliver: returns at once
+    if (reader) reader->detach();
   }
   if (!exited) {
     queue_record(instance, LogLevel::Error,
@@ -451,11 +462,14 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     instance->lifecycle.delivering(index, false);
   }
   apply(instance, instance->lifecycle.stream_closed(index, Clock::now()));
-  if (instance->readers_running.fetch_sub(1) == 1) {
+  {
+    // Every decrement, not only the last: the teardown, run from the other
+    // reader's sink, waits for the count to reach 1.
+    bool last = instance->readers_running.fetch_sub(1) == 1;
     std::lock_guard<std::mutex> lock(state_mutex_);
     ++generation_;
     state_changed_.notify_all();
-    wake_supervisor_locked();  // its readers can be joined
+    if (last) wake_supervisor_locked();  // its readers can be joined
   }
   tls_reader_of = nullptr;
   tls_backend = nullptr;
@@ -482,11 +496,18 @@ void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group
     Clock::time_point next = bound;
     for (const auto& instance : group) {
       apply(instance, instance->lifecycle.tick(now));
-      if (instance->lifecycle.settled() && !instance->lifecycle.records_pending()) continue;
+      if (instance->lifecycle.settled() && !records_outstanding(*instance)) continue;
       all_settled = false;
       if (auto due = instance->lifecycle.next_deadline()) next = std::min(next, *due);
     }
-    if (all_settled || now >= bound) return;
+    if (all_settled || now >= bound) {
+      // Reaped instances unlisted before we return (apply does it too, but
+      // perhaps a moment after the status became visible here).
+      for (const auto& instance : group) {
+        if (instance->lifecycle.status()) unlist(*instance);
+      }
+      return;
+    }
     // From on_exit, on the supervisor: nobody else delivers the records.
     if (tls_on_supervisor && tls_backend == this && deliver_pending_records()) continue;
     std::unique_lock<std::mutex> lock(state_mutex_);
@@ -616,6 +637,18 @@ void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
   state_changed_.notify_all();
 }
 
+// Whether a stop of `instance` should still wait for its library records to
+// reach the sink: not for one this very thread is delivering (a sink that
+// stops the instance it is told about), and not while the supervisor, which
+// delivers them, is busy in on_exit (a slow on_exit must not hold up stops;
+// those records then arrive after the stop returns).
+bool LocalProcessBackend::Impl::records_outstanding(const Instance& instance) {
+  int discount = tls_delivering_for == &instance ? 1 : 0;
+  if (instance.lifecycle.undelivered() <= discount) return false;
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  return !in_on_exit_ || tls_on_supervisor;
+}
+
 // Logs the queued library records; true if there were any.
 bool LocalProcessBackend::Impl::deliver_pending_records() {
   bool any = false;
@@ -628,7 +661,9 @@ bool LocalProcessBackend::Impl::deliver_pending_records() {
       pending_records_.pop_front();
     }
     any = true;
+    tls_delivering_for = pending.counted ? pending.instance.get() : nullptr;
     log_event(pending.instance.get(), pending.record.level, pending.record.text);
+    tls_delivering_for = nullptr;
     if (pending.instance && pending.counted) {
       if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
     }
@@ -650,7 +685,9 @@ void LocalProcessBackend::Impl::supervise() {
         PendingRecord pending = std::move(pending_records_.front());
         pending_records_.pop_front();
         lock.unlock();
+        tls_delivering_for = pending.counted ? pending.instance.get() : nullptr;
         log_event(pending.instance.get(), pending.record.level, pending.record.text);
+        tls_delivering_for = nullptr;
         if (pending.instance && pending.counted) {
           if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
         }
@@ -823,6 +860,9 @@ void LocalProcessBackend::Impl::teardown() {
     }
   }
   if (monitor_) monitor_->shutdown();
+  // What is still running (an abandoned reader or supervisor) finishes its
+  // current call and makes no other: no sink call after the destructor.
+  sink_closed_.store(true, std::memory_order_release);
   for (const auto& instance : unjoined) {
     bool done = instance->readers_running.load() == 0;
     for (auto& reader : instance->readers) {

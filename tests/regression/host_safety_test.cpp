@@ -327,6 +327,15 @@ TEST(RegressionHostSafety, ConstructorOutOfThreadsRefusesSpawnsInsteadOfThrowing
 
 // 10. With RLIMIT_NPROC a few tasks above what uid 65534 has, spawn_instance
 // runs out of threads (or processes) at every step in turn. Every failed
+// The host runs as uid 65534, which may not reach the build tree (a clone
+// under a 0700 mktemp directory, as CI makes): run the system's shell.
+OopModuleConfig shell_config(const std::string& module, const std::string& script) {
+  OopModuleConfig config(module, BackendKind::LocalProcess);
+  config.binary = "/bin/sh";
+  config.args = {"-c", script};
+  return config;
+}
+
 // spawn must leave nothing: no listed instance, no child (alive or zombie)
 // once it returns, and no on_exit for an id it never returned.
 TEST(RegressionGhostInstance, ReaderThreadFailureLeavesNoListedInstanceNoOnExitNoChild) {
@@ -343,7 +352,7 @@ TEST(RegressionGhostInstance, ReaderThreadFailureLeavesNoListedInstanceNoOnExitN
     std::set<std::string> returned;
     {
       // Warm up, so that the loop below starts from a settled host.
-      auto warm = backend->spawn_instance(child_config("warm", {"say", "warm", "exit", "0"}));
+      auto warm = backend->spawn_instance(shell_config("warm", "echo warm"));
       HOST_ASSERT(warm) << warm.error();
       returned.insert(warm->instance_id);
       HOST_ASSERT(exits.wait_for(warm->instance_id, Ms(5000))) << "the warm-up instance never exited";
@@ -358,7 +367,7 @@ TEST(RegressionGhostInstance, ReaderThreadFailureLeavesNoListedInstanceNoOnExitN
       HOST_CHECK(wait_no_children(Ms(3000))) << "headroom " << headroom << ": children left from the step before";
       int tasks = tasks_of_real_uid(kNobody);
       HOST_ASSERT(set_nproc_soft_limit(static_cast<rlim_t>(tasks + headroom))) << std::strerror(errno);
-      auto handle = backend->spawn_instance(child_config("ghost", {"say", "up", "sleep", "30"}));
+      auto handle = backend->spawn_instance(shell_config("ghost", "echo up; exec sleep 30"));
       // Looked at right after the call returned: first the listing (memory
       // only), then the children (a walk over /proc).
       auto listed = backend->list_instances("ghost");

@@ -368,3 +368,53 @@ TEST(BackendOnFakes, SlowSinkIsNamedAndDoesNotStretchTheStop) {
 
 }  // namespace
 }  // namespace modkit::core
+
+namespace modkit::core {
+namespace {
+
+// A failed spawn used to join the reader that had started, which may be
+// inside the sink with the child's first line: with a sink that waits for a
+// lock the host holds around spawn_instance, that never returned.
+TEST(BackendOnFakes, FailedSpawnDoesNotWaitForAReaderInsideTheSink) {
+  World world;
+  std::mutex host_lock;
+  std::atomic<bool> in_sink{false};
+  struct LockingSink final : public LogSink {
+    LockingSink(std::mutex& lock, std::atomic<bool>& inside) : lock_(lock), inside_(inside) {}
+    void write(const LogRecord& record) override {
+      if (record.stream == LogStream::Library) return;
+      inside_ = true;
+      std::lock_guard<std::mutex> guard(lock_);  // the host's lock
+    }
+    std::mutex& lock_;
+    std::atomic<bool>& inside_;
+  };
+  auto backend = make_backend(world.services(), CancellationToken(),
+                              std::make_shared<LockingSink>(host_lock, in_sink), fast_options());
+  ASSERT_TRUE(backend);
+  world.next_child->write(0, "first line\n");  // there before the reader starts
+  // The second reader's thread fails, once the first is inside the sink.
+  int first_reader = world.threads_started;
+  std::atomic<bool> done{false};
+  std::optional<Result<InstanceHandle>> spawned;
+  std::thread host([&] {
+    std::lock_guard<std::mutex> guard(host_lock);  // the host spawns under its lock
+    world.fail_thread_number = first_reader + 1;
+    spawned.emplace((*backend)->spawn_instance(config("locked")));
+    done = true;
+  });
+  for (int i = 0; i < 300 && !done; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(done.load()) << "spawn_instance waited for a reader stuck in the sink";
+  if (!done) {
+    host.detach();  // deadlocked for good: the test has failed already
+    return;
+  }
+  host.join();
+  ASSERT_TRUE(spawned.has_value());
+  EXPECT_FALSE(*spawned);
+  world.children[0]->close_output();
+  backend->reset();
+}
+
+}  // namespace
+}  // namespace modkit::core
