@@ -282,7 +282,9 @@ struct LogRecord {
 
 /// Receives every line of every child and modkit's own events. Called
 /// concurrently from several threads (one reader thread per stream per
-/// instance); never called while modkit holds a lock of its own. The record's
+/// instance for lines, the backend's supervisor thread for its own records);
+/// never called while modkit holds a lock of its own, and never after the
+/// backend's destructor has returned. The record's
 /// views are valid only during the call. An exception thrown by write() (in a
 /// host built with exceptions) is caught and dropped; it never reaches modkit's
 /// threads or the caller of spawn_instance.
