@@ -829,6 +829,11 @@ void LocalProcessBackend::Impl::teardown() {
     for (const auto& instance : unjoined) {
       if (!readers_done(*instance)) return false;
     }
+    // A reaped instance's report may still be on its way to the queue (the
+    // thread that reaped it publishes the report just after the status).
+    for (const auto& instance : group) {
+      if (!on_supervisor && supervisor_running_ && !instance->reported && instance->lifecycle.status()) return false;
+    }
     return on_supervisor || !supervisor_running_ ||
            (pending_records_.empty() && reports_.empty() && !in_on_exit_);
   });
