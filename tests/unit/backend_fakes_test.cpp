@@ -67,6 +67,10 @@ struct FakeChild {
   bool reaped = false;
   std::shared_ptr<FakeOutput> output = std::make_shared<FakeOutput>();
 
+  bool is_reaped() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return reaped;
+  }
   void record(const std::string& call) {
     std::lock_guard<std::mutex> lock(mutex);
     calls.push_back(reaped ? call + "-after-reap" : call);
@@ -250,7 +254,7 @@ TEST(BackendOnFakes, ReaderThatCannotStartLeavesNoGhost) {
   EXPECT_NE(handle.error().message.find("ghost"), std::string::npos) << handle.error().message;
   EXPECT_TRUE((*backend)->list_instances("ghost")->empty());
   ASSERT_EQ(world.children.size(), 1u);
-  EXPECT_TRUE(world.children[0]->reaped) << "killed and reaped before spawn returned";
+  EXPECT_TRUE(world.children[0]->is_reaped()) << "killed and reaped before spawn returned";
   backend->reset();
   EXPECT_EQ(exits.load(), 0) << "on_exit for an id the caller never received";
 }
@@ -273,7 +277,7 @@ TEST(BackendOnFakes, ChildThatMayNotBeSignalledIsAnErrorAndTheDestructorReturns)
   start = std::chrono::steady_clock::now();
   backend->reset();
   EXPECT_LT(seconds_since(start), 0.2 + 0.2 + 2 * 0.1 + 0.5);
-  EXPECT_FALSE(world.children[0]->reaped);
+  EXPECT_FALSE(world.children[0]->is_reaped());
   EXPECT_TRUE(sink->wait_for([](const StoredRecord& r) { return r.line.find("abandoned pid 1000") == 0; }, 1s));
   world.children[0]->close_output();  // lets the fake readers end
 }
@@ -307,8 +311,8 @@ TEST(BackendOnFakes, NoSignalAfterTheReapAndASecondStopIsEmpty) {
   auto handle = (*backend)->spawn_instance(config("quick"));
   ASSERT_TRUE(handle);
   world.exit(0, ExitStatus{ExitStatus::Kind::Exited, 4, false});
-  for (int i = 0; i < 200 && !world.children[0]->reaped; ++i) std::this_thread::sleep_for(5ms);
-  ASSERT_TRUE(world.children[0]->reaped);
+  for (int i = 0; i < 200 && !world.children[0]->is_reaped(); ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(world.children[0]->is_reaped());
   auto first = (*backend)->stop_instance(*handle);
   ASSERT_TRUE(first);
   EXPECT_FALSE(first->has_value()) << "finished before the stop";
