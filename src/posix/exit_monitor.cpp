@@ -19,6 +19,7 @@
 #include "platform/exit_monitor.hpp"
 #include "platform/system.hpp"
 #include "platform/thread.hpp"
+#include "posix/pidfd.hpp"
 #include "posix/unique_fd.hpp"
 
 namespace modkit::platform {
@@ -28,15 +29,7 @@ using posix::UniqueFd;
 
 constexpr std::size_t kMonitorStackBytes = 64 * 1024;
 
-int pidfd_open(std::int64_t pid) {
-#ifdef SYS_pidfd_open
-  return static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
-#else
-  (void)pid;
-  errno = ENOSYS;
-  return -1;
-#endif
-}
+using posix::pidfd_open;
 
 class PidfdExitMonitor final : public ExitMonitor {
  public:

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "posix/pidfd.hpp"
 #include "posix/unique_fd.hpp"
 
 namespace modkit::posix {
@@ -93,7 +94,7 @@ int kill_write_end_holders(const std::vector<ino_t>& inodes, pid_t leader) {
     if (!all_digits(entry->d_name)) continue;
     auto pid = static_cast<pid_t>(std::atoi(entry->d_name));
     if (pid == self) continue;
-    UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    UniqueFd pidfd(pidfd_open(pid));
     if (!pidfd) continue;  // gone already
     if (pid != leader && parent_of(entry->d_name) == self) continue;  // the host's own fork
     if (!holds_write_end(entry->d_name, inodes)) continue;

@@ -27,6 +27,7 @@
 #include "platform/process.hpp"
 #include "platform/system.hpp"
 #include "posix/environment.hpp"
+#include "posix/pidfd.hpp"
 #include "posix/pipe_holders.hpp"
 #include "posix/pipe_reader.hpp"
 #include "posix/unique_fd.hpp"
@@ -319,15 +320,6 @@ ExitStatus decode_siginfo(const siginfo_t& info) {
   return result;
 }
 
-int pidfd_open(pid_t pid) {
-#ifdef SYS_pidfd_open
-  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-#else
-  (void)pid;
-  errno = ENOSYS;
-  return -1;
-#endif
-}
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -416,17 +408,7 @@ class PosixProcess final : public Process {
     std::lock_guard<std::mutex> lock(mutex_);
     if (reaped_) return;
     siginfo_t info{};
-    int result;
-    do {
-      // P_PIDFD where we can: should the host have reaped it behind our back
-      // and the pid been reused, P_PID could reap one of the host's children.
-      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
-                               WEXITED | WNOHANG)
-                      : -1;
-      if (result != 0 && (!pidfd_ || errno == EINVAL)) {
-        result = waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG);
-      }
-    } while (result != 0 && errno == EINTR);
+    (void)wait_for_child(info, WEXITED | WNOHANG);
     reaped_ = true;
     stdin_write_.reset();
   }
@@ -454,21 +436,24 @@ class PosixProcess final : public Process {
                      std::to_string(pid_) + "): " + std::generic_category().message(error)};
   }
 
+  // waitid on our child, through P_PIDFD (Linux 5.4) where we can: should
+  // the host have reaped it behind our back and the pid been reused, P_PID
+  // could wait for (or reap) one of the host's children. Retries EINTR.
+  int wait_for_child(siginfo_t& info, int options) {
+    int result;
+    do {
+      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info, options) : -1;
+      if (result != 0 && (!pidfd_ || errno == EINVAL)) {
+        result = waitid(P_PID, static_cast<id_t>(pid_), &info, options);
+      }
+    } while (result != 0 && errno == EINTR);
+    return result;
+  }
+
   std::optional<ExitStatus> peek_locked() {
     if (status_) return status_;
     siginfo_t info{};
-    int result;
-    do {
-      // P_PIDFD (Linux 5.4) cannot be confused by a recycled pid; P_PID is as
-      // safe while we have not reaped, which is the only time we ask.
-      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
-                               WEXITED | WNOHANG | WNOWAIT)
-                      : -1;
-      if (result != 0 && (!pidfd_ || errno == EINVAL)) {
-        result = waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT);
-      }
-    } while (result != 0 && errno == EINTR);
-    if (result != 0) {
+    if (wait_for_child(info, WEXITED | WNOHANG | WNOWAIT) != 0) {
       // ECHILD: someone else reaped it (waitpid(-1) in the host, or SIGCHLD
       // ignored). Its pid may be anyone's now: no signal from here on.
       reaped_ = true;
@@ -600,7 +585,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     if (pid < 0 && errno == EINVAL) {
       pidfd = -1;
       pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
-      if (pid > 0) pidfd = pidfd_open(pid);  // may fail: the pid is then used (still safe, unreaped)
+      if (pid > 0) pidfd = posix::pidfd_open(pid);  // may fail: the pid is then used (still safe, unreaped)
     }
     clone_error = errno;
   }
