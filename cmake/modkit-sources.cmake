@@ -13,6 +13,8 @@ set(MODKIT_CORE_SOURCES
   src/core/utf8.cpp
   src/core/uuid.cpp)
 set(MODKIT_POSIX_SOURCES
+  src/posix/cgroup.cpp
+  src/posix/cgroup_containment.cpp
   src/posix/environment.cpp
   src/posix/exit_monitor.cpp
   src/posix/pipe_holders.cpp
@@ -23,6 +25,7 @@ set(MODKIT_POSIX_SOURCES
   src/posix/thread.cpp)
 set(MODKIT_WIN32_SOURCES
   src/win32/command_line.cpp
+  src/win32/containment.cpp
   src/win32/environment_block.cpp
   src/win32/exit_monitor.cpp
   src/win32/pipe_reader.cpp

@@ -239,6 +239,10 @@ struct InstanceHandle {
   BackendKind backend = BackendKind::LocalProcess;
   std::optional<std::int64_t> pid;
   std::chrono::steady_clock::time_point created_at{};
+  /// Set by list_instances for a contained instance (see Containment): how
+  /// many processes its cgroup holds (the module and every descendant, also
+  /// those that left its process group). Empty otherwise.
+  std::optional<std::int64_t> processes;
 };
 std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle);
 
@@ -373,6 +377,26 @@ class ModuleRuntimeBackend {
   virtual Result<std::vector<InstanceHandle>> list_instances(std::string_view module) = 0;
 };
 
+/// Whether each instance runs in a group of its own that a stop ends whole,
+/// including descendants that left the process group (setsid), kept forking
+/// to new pids, or parked the output pipes where no process holds them.
+enum class Containment {
+  /// Linux: a cgroup v2 directory per instance, under `cgroup_parent` when
+  /// set (create() fails when it cannot be used), else under the host's own
+  /// cgroup when the host may create directories there (found from
+  /// /proc/self/cgroup and /proc/self/mountinfo). Without either the backend
+  /// runs uncontained and says so once, in a library record. Windows: a Job
+  /// object per instance, always.
+  Automatic,
+  /// As Automatic, but never uncontained: create() fails (invalid_argument,
+  /// permission_denied, read_only_file_system, ...) and a constructed backend
+  /// refuses every spawn with that error.
+  Required,
+  /// Linux: no cgroups; the process group and the search for processes
+  /// holding the output pipes (the README lists what escapes them).
+  Off,
+};
+
 struct LocalProcessOptions {
   /// Grace between the graceful step and the kill in stop_instance.
   std::chrono::milliseconds stop_grace{2000};
@@ -400,6 +424,15 @@ struct LocalProcessOptions {
   /// false, or when the kernel lacks pidfd_open, each instance gets a thread
   /// blocked in waitid() on its own pid.
   bool use_pidfd = true;
+  /// See Containment.
+  Containment containment = Containment::Automatic;
+  /// Linux: a cgroup v2 directory (its path in the mounted hierarchy, e.g.
+  /// "/sys/fs/cgroup/unified/appliance") under which the backend creates one
+  /// directory of its own, "modkit-<pid>-<start>-<n>", with one directory
+  /// per instance in it. modkit writes nowhere else, never moves the host,
+  /// and removes its directories when the instance and the backend end.
+  /// Empty: found automatically (see Containment::Automatic).
+  std::string cgroup_parent;
 };
 
 struct BackendAccess;

@@ -56,9 +56,11 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
       }
       break;
     case Phase::ExitedUnreaped:
+      settle_exit_locked(effects);  // the drain deadlines bound the rest
+      break;
     case Phase::Drained:
     case Phase::Reaped:
-      break;  // the drain deadlines already bound what is left
+      break;
   }
   return counted(std::move(effects), before);
 }
@@ -93,7 +95,7 @@ LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   stop_error_.reset();
   phase_ = Phase::ExitedUnreaped;
   drain_deadline_ = now + timings_.drain_timeout;
-  if (streams_closed_locked()) finish_locked(effects);
+  settle_exit_locked(effects);
   return counted(std::move(effects), before);
 }
 
@@ -102,8 +104,29 @@ LifecycleEffects InstanceLifecycle::stream_closed(int stream, Clock::time_point 
   std::lock_guard<std::mutex> lock(mutex_);
   const Snapshot before = snapshot_locked();
   closed_[stream] = true;
-  if (phase_ == Phase::ExitedUnreaped && streams_closed_locked()) finish_locked(effects);
+  if (phase_ == Phase::ExitedUnreaped) settle_exit_locked(effects);
   return counted(std::move(effects), before);
+}
+
+LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point /*now*/) {
+  LifecycleEffects effects;
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Snapshot before = snapshot_locked();
+  if (phase_ == Phase::ExitedUnreaped) settle_exit_locked(effects);
+  return counted(std::move(effects), before);
+}
+
+void InstanceLifecycle::settle_exit_locked(LifecycleEffects& effects) {
+  if (process_.contents_empty()) {
+    if (streams_closed_locked()) finish_locked(effects);
+    return;
+  }
+  if (stop_requested_ && !remnants_killed_) {
+    // Still unreaped, so the group id is still the child's own.
+    remnants_killed_ = true;
+    (void)process_.kill_tree();
+    effects.records.push_back({LogLevel::Warn, "stopping: killed the processes the instance left running"});
+  }
 }
 
 LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
@@ -127,24 +150,35 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
         // The child is unreaped, so its group id is still its own.
         leftovers_killed_ = true;
         abandon_deadline_ = now + timings_.drain_timeout;
+        auto left = process_.contents_empty() ? std::nullopt : process_.process_count();
         (void)process_.kill_tree();
         int holders = process_.kill_output_holders();
-        bool sink_late = (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
-                         (!closed_[1] && delivering_[1].load(std::memory_order_relaxed));
-        std::string text = sink_late ? "a sink call is late: output not drained " +
-                                           milliseconds_text(timings_.drain_timeout) +
-                                           " after the exit; killed what is left of the process group"
-                                     : "output still open " + milliseconds_text(timings_.drain_timeout) +
-                                           " after the exit: killed what is left of the process group";
+        bool sink_late = sink_late_locked();
+        std::string waited = milliseconds_text(timings_.drain_timeout) + " after the exit";
+        std::string text;
+        if (sink_late) {
+          text = "a sink call is late: output not drained " + waited;
+        } else if (!streams_closed_locked()) {
+          text = "output still open " + waited;
+        } else {
+          text = "processes of the instance still running " + waited;
+        }
+        text += "; killed what is left of the process group";
+        if (left) text += " (" + std::to_string(*left) + " process(es) in its group)";
         if (holders > 0) text += " and " + std::to_string(holders) + " process(es) outside it holding the output";
         effects.records.push_back({LogLevel::Warn, std::move(text)});
       } else if (leftovers_killed_ && now >= abandon_deadline_) {
-        bool sink_late = (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
-                         (!closed_[1] && delivering_[1].load(std::memory_order_relaxed));
-        effects.records.push_back(
-            {LogLevel::Warn, sink_late ? "a sink call has not returned: stopped waiting for the output (the sink "
-                                         "is late, not the module)"
-                                       : "output still held open by a process modkit cannot kill: stopped reading"});
+        std::string text;
+        if (sink_late_locked()) {
+          text = "a sink call has not returned: stopped waiting for the output (the sink is late, not the module)";
+        } else if (!streams_closed_locked()) {
+          text = "output still held open by a process modkit cannot kill: stopped reading";
+        } else {
+          auto left = process_.process_count();
+          text = std::to_string(left.value_or(0)) +
+                 " process(es) of the instance did not end after being killed: left running";
+        }
+        effects.records.push_back({LogLevel::Warn, std::move(text)});
         effects.interrupt_readers = true;
         finish_locked(effects);
       }

@@ -3,9 +3,14 @@
 //   Running --begin_stop--> Stopping --grace over--> Killed
 //      |                       |                       |
 //      +-------- exit ---------+-------- exit ---------+--> ExitedUnreaped
-//   ExitedUnreaped --both streams at EOF--> Drained --reap--> Reaped
+//   ExitedUnreaped --both streams at EOF, group empty--> Drained --reap--> Reaped
 //   ExitedUnreaped --drain_timeout--> group and output holders killed
 //                  --drain_timeout again--> readers interrupted --> Drained
+//
+// "Group empty" matters for a contained child (platform/containment.hpp):
+// the instance ends only when no process it started is left. Without
+// containment the group counts as empty. A stop (before or after the exit)
+// kills what is left of the group as soon as the child has exited.
 //
 // The child is reaped last, after every group kill: until then its pid and
 // group id stay reserved, so no signal can reach a recycled pid. Stop
@@ -70,6 +75,8 @@ class InstanceLifecycle {
   LifecycleEffects exit_signalled(Clock::time_point now);
   /// A reader reached the end of stream `stream` (0 stdout, 1 stderr) or was interrupted.
   LifecycleEffects stream_closed(int stream, Clock::time_point now);
+  /// The child's group may have emptied (Process::contents_handle fired).
+  LifecycleEffects contents_changed(Clock::time_point now);
   /// Time passed: acts on every deadline that is due.
   LifecycleEffects tick(Clock::time_point now);
 
@@ -105,7 +112,14 @@ class InstanceLifecycle {
  private:
   void kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects);
   void finish_locked(LifecycleEffects& effects);
+  // In ExitedUnreaped: finishes when the streams are closed and the group is
+  // empty, and kills a stopped instance's leftovers once.
+  void settle_exit_locked(LifecycleEffects& effects);
   bool streams_closed_locked() const { return closed_[0] && closed_[1]; }
+  bool sink_late_locked() const {
+    return (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
+           (!closed_[1] && delivering_[1].load(std::memory_order_relaxed));
+  }
 
   platform::Process& process_;
   const LifecycleTimings timings_;
@@ -114,6 +128,7 @@ class InstanceLifecycle {
   bool stop_requested_ = false;
   bool killed_ = false;             // modkit sent the kill before the exit
   bool leftovers_killed_ = false;   // group and holders killed after the exit
+  bool remnants_killed_ = false;    // the group killed after the exit because of a stop
   bool closed_[2] = {false, false};
   Clock::time_point stop_deadline_{}, kill_deadline_{}, drain_deadline_{}, abandon_deadline_{};
   std::optional<ExitStatus> exit_;  // seen, not yet published

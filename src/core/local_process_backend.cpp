@@ -142,6 +142,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   LocalProcessOptions options_;
   core::LifecycleTimings timings_;
   std::unique_ptr<platform::ExitMonitor> monitor_;
+  std::unique_ptr<platform::Containment> containment_;  // or none (fakes)
   std::unique_ptr<platform::Thread> supervisor_;
   std::optional<Error> start_error_;
   CancellationToken::Registration registration_;
@@ -224,8 +225,12 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
     }
   }
   // Unlisted before anyone can see the status: a stop_instance that returns
-  // it must not find the instance again.
-  if (effects.finished) unlist(*instance);
+  // it must not find the instance again. The monitor lets go of the process
+  // (it may be destroyed once reported).
+  if (effects.finished) {
+    unlist(*instance);
+    monitor_->unwatch(*instance->process);
+  }
   if (!effects.changed) return;
   std::lock_guard<std::mutex> lock(state_mutex_);
   if (effects.finished) reports_.push_back(instance);
@@ -254,6 +259,16 @@ void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLev
 // ---------------------------------------------------------------------------
 
 Result<void> LocalProcessBackend::Impl::start() {
+  if (services_.open_containment) {
+    std::vector<std::string> notes;
+    auto containment = services_.open_containment(options_, notes);
+    for (const auto& note : notes) log_event(nullptr, LogLevel::Warn, note);
+    if (!containment) {
+      start_error_ = containment.error();
+      return std::move(containment).error();
+    }
+    containment_ = std::move(*containment);
+  }
   auto monitor = services_.make_exit_monitor(options_.use_pidfd);
   if (!monitor) {
     start_error_ = monitor.error();
@@ -305,6 +320,8 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   auto request = validate_config(config);
   if (!request) return std::move(request).error();
 
+  request->instance_id = new_uuid_v7();
+  request->containment = containment_.get();
   auto process = services_.spawn(*request);
   if (!process) return std::move(process).error();
 
@@ -312,7 +329,7 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   instance->pipes[0] = instance->process->take_stdout();
   instance->pipes[1] = instance->process->take_stderr();
   instance->handle.module = config.name;
-  instance->handle.instance_id = new_uuid_v7();
+  instance->handle.instance_id = request->instance_id;
   instance->handle.backend = BackendKind::LocalProcess;
   instance->handle.pid = instance->process->pid();
   instance->handle.created_at = Clock::now();
@@ -345,11 +362,18 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   }
   std::weak_ptr<Instance> weak_instance = instance;
   std::weak_ptr<Impl> weak_self = shared_from_this();
-  auto watched = monitor_->watch(*instance->process, [weak_self, weak_instance] {
-    auto self = weak_self.lock();
-    auto alive = weak_instance.lock();
-    if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()));
-  });
+  auto watched = monitor_->watch(
+      *instance->process,
+      [weak_self, weak_instance] {
+        auto self = weak_self.lock();
+        auto alive = weak_instance.lock();
+        if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()));
+      },
+      [weak_self, weak_instance] {
+        auto self = weak_self.lock();
+        auto alive = weak_instance.lock();
+        if (self && alive) self->apply(alive, alive->lifecycle.contents_changed(Clock::now()));
+      });
   if (!watched) {
     unlist(*instance);
     {
@@ -547,10 +571,17 @@ Result<std::optional<ExitStatus>> LocalProcessBackend::Impl::stop(const Instance
 }
 
 std::vector<InstanceHandle> LocalProcessBackend::Impl::list(std::string_view module) {
+  std::vector<InstancePtr> found;
+  {
+    std::shared_lock<std::shared_mutex> lock(instances_mutex_);
+    for (const auto& entry : instances_) {
+      if (entry.second->handle.module == module) found.push_back(entry.second);
+    }
+  }
   std::vector<InstanceHandle> result;
-  std::shared_lock<std::shared_mutex> lock(instances_mutex_);
-  for (const auto& entry : instances_) {
-    if (entry.second->handle.module == module) result.push_back(entry.second->handle);
+  for (const auto& instance : found) {
+    result.push_back(instance->handle);
+    result.back().processes = instance->process->process_count();
   }
   std::sort(result.begin(), result.end(),
             [](const InstanceHandle& a, const InstanceHandle& b) { return a.instance_id < b.instance_id; });
@@ -879,6 +910,11 @@ void LocalProcessBackend::Impl::teardown() {
       }
     }
   }
+  unjoined.clear();
+  group.clear();
+  // The backend's own group directory goes once its instances' have; one that
+  // an abandoned process still fills stays, for a later backend to remove.
+  if (containment_) containment_->release();
 }
 
 // ---------------------------------------------------------------------------
@@ -904,6 +940,9 @@ core::PlatformServices core::real_platform_services() {
   services.make_exit_monitor = [](bool prefer_pidfd) { return platform::make_exit_monitor(prefer_pidfd); };
   services.start_thread = [](std::size_t stack_bytes, std::function<void()> body, std::string_view what) {
     return platform::start_thread(stack_bytes, std::move(body), what);
+  };
+  services.open_containment = [](const LocalProcessOptions& options, std::vector<std::string>& notes) {
+    return platform::open_containment(options, notes);
   };
   return services;
 }

@@ -5,9 +5,12 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "modkit/modkit.hpp"
+#include "platform/containment.hpp"
 #include "platform/exit_monitor.hpp"
 #include "platform/process.hpp"
 #include "platform/thread.hpp"
@@ -20,9 +23,12 @@ struct PlatformServices {
   std::function<Result<std::unique_ptr<platform::Thread>>(std::size_t stack_bytes, std::function<void()> body,
                                                          std::string_view what)>
       start_thread;
+  /// Empty (tests with fakes): no containment.
+  std::function<Result<std::unique_ptr<platform::Containment>>(const LocalProcessOptions&, std::vector<std::string>&)>
+      open_containment;
 };
 
-/// The real ones: platform::spawn, platform::make_exit_monitor, platform::start_thread.
+/// The real ones: platform::spawn, make_exit_monitor, start_thread, open_containment.
 PlatformServices real_platform_services();
 
 /// Builds a backend on `services` (tests); LocalProcessBackend::create uses the real ones.

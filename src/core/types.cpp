@@ -45,7 +45,9 @@ std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle) {
     os << "none";
   }
   auto since_epoch = std::chrono::duration_cast<std::chrono::nanoseconds>(handle.created_at.time_since_epoch());
-  return os << ", created_at: " << since_epoch.count() << "ns (steady) }";
+  os << ", created_at: " << since_epoch.count() << "ns (steady)";
+  if (handle.processes) os << ", processes: " << *handle.processes;
+  return os << " }";
 }
 
 std::ostream& operator<<(std::ostream& os, const ExitStatus& status) {

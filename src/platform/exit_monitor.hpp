@@ -15,10 +15,14 @@ namespace modkit::platform {
 class ExitMonitor {
  public:
   virtual ~ExitMonitor() = default;
-  /// `process` must outlive the watch: until the callback has run, unwatch()
-  /// has returned, or shutdown() has returned.
-  virtual Result<void> watch(Process& process, std::function<void()> on_exit) = 0;
-  /// Forgets `process`: its callback will not run after this returns.
+  /// `on_exit` runs once, when the process exits; `on_contents` (optional)
+  /// each time its group may have emptied (Process::contents_handle), before
+  /// or after the exit, until unwatch(). `process` must outlive the watch:
+  /// until unwatch() or shutdown() has returned.
+  virtual Result<void> watch(Process& process, std::function<void()> on_exit,
+                             std::function<void()> on_contents = {}) = 0;
+  /// Forgets `process`: no callback of it runs after this returns (except the
+  /// one that called unwatch, when called from a callback).
   virtual void unwatch(Process& process) = 0;
   /// Stops and joins the monitor's threads. Processes still watched get no callback.
   virtual void shutdown() = 0;

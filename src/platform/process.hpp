@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "modkit/modkit.hpp"
+#include "platform/containment.hpp"
 #include "platform/pipe.hpp"
 
 namespace modkit::platform {
@@ -26,6 +27,10 @@ struct SpawnRequest {
   std::optional<std::string> working_directory;
   GracefulStop graceful_stop = GracefulStop::Signal;
   bool allow_batch_files = false;
+  /// Where the child's group is made (nullptr or inactive: none), and the
+  /// name it gets there.
+  Containment* containment = nullptr;
+  std::string instance_id;
 };
 
 /// A started child. Thread-safe. The child stays unreaped (a zombie once it
@@ -53,14 +58,25 @@ class Process {
   /// no graceful step to wait for. Error operation_not_permitted (naming the
   /// pid) when no process of the group may be signalled.
   virtual Result<bool> request_stop() = 0;
-  /// Kills the child's whole tree (process group / Job object). Same errors.
+  /// Kills the child's whole tree (process group and cgroup / Job object).
+  /// Same errors (a cgroup is killed whatever its members' user ids).
   virtual Result<void> kill_tree() = 0;
   /// Kills processes outside the tree that hold the write end of the child's
   /// output pipes (a descendant that left the process group), never the host
   /// or a process the host forked. Repeats the search until it finds none (a
-  /// bounded number of rounds). Returns how many were killed. Windows: none
-  /// can exist (a Job's descendants cannot leave it).
+  /// bounded number of rounds). Returns how many were killed. None when the
+  /// child has a group of its own: everything it started is in there, and a
+  /// holder outside was not started by modkit. Windows: none can exist (a
+  /// Job's descendants cannot leave it).
   virtual int kill_output_holders() = 0;
+
+  /// The child's group (see Containment): a handle that turns ready (POSIX:
+  /// EPOLLPRI) when it may have emptied, -1 when there is none; whether no
+  /// process is left in it (true without one); how many there are (empty
+  /// without one).
+  virtual std::intptr_t contents_handle() const = 0;
+  virtual bool contents_empty() = 0;
+  virtual std::optional<std::int64_t> process_count() = 0;
 
   /// The exit status once the child has exited, without reaping it; nullopt
   /// while it runs. Kind::Unknown when someone else reaped it (a host calling

@@ -3,6 +3,7 @@
 // 5.3+), or, without pidfds, one thread per child blocked in waitid(WNOWAIT).
 // Neither reaps: the core reaps last, after its group kills (see process.hpp).
 #include <errno.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -49,10 +50,14 @@ class PidfdExitMonitor final : public ExitMonitor {
     return {};
   }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit) override {
+  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents) override {
     auto entry = std::make_unique<Entry>();
     entry->pid = static_cast<pid_t>(process.pid());
-    entry->on_exit = std::move(on_exit);
+    entry->on_exit = std::make_shared<std::function<void()>>(std::move(on_exit));
+    if (on_contents && process.contents_handle() >= 0) {
+      entry->contents_fd = static_cast<int>(process.contents_handle());
+      entry->on_contents = std::make_shared<std::function<void()>>(std::move(on_contents));
+    }
     if (process.exit_handle() >= 0) {
       entry->fd = static_cast<int>(process.exit_handle());
     } else {
@@ -67,6 +72,17 @@ class PidfdExitMonitor final : public ExitMonitor {
     if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->fd, &event) != 0) {
       return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
     }
+    if (entry->contents_fd >= 0) {
+      // cgroup.events signals a change with EPOLLPRI, and stays "ready"
+      // until read: edge-triggered, so an unread change cannot spin us.
+      epoll_event contents{};
+      contents.events = EPOLLPRI | EPOLLET;
+      contents.data.ptr = tagged(&process);
+      if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->contents_fd, &contents) != 0) {
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry->fd, nullptr);
+        return Error{last_error(), "cannot watch the child's group: epoll_ctl failed"};
+      }
+    }
     watched_[&process] = std::move(entry);
     return {};
   }
@@ -75,10 +91,13 @@ class PidfdExitMonitor final : public ExitMonitor {
     std::unique_lock<std::mutex> lock(mutex_);
     auto it = watched_.find(&process);
     if (it != watched_.end()) {
-      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
+      if (!it->second->exited) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
+      if (it->second->contents_fd >= 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->contents_fd, nullptr);
       watched_.erase(it);
     }
-    // A callback already taken out runs without the lock: wait until it is done.
+    // A callback already taken out runs without the lock: wait until it is
+    // done, unless it is the caller.
+    if (thread_ && thread_->is_current()) return;
     idle_.wait(lock, [&] { return firing_ != &process; });
   }
 
@@ -94,12 +113,19 @@ class PidfdExitMonitor final : public ExitMonitor {
   }
 
  private:
+  using Callback = std::shared_ptr<std::function<void()>>;
   struct Entry {
     int fd = -1;
     UniqueFd owned;  // only when the process had no pidfd of its own
+    int contents_fd = -1;
     pid_t pid = 0;
-    std::function<void()> on_exit;
+    bool exited = false;  // on_exit has been taken; the entry stays for on_contents
+    Callback on_exit, on_contents;
   };
+
+  // The contents watch of a process is told apart by the low bit (a Process
+  // is at least 8-byte aligned).
+  static void* tagged(Process* process) { return reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(process) | 1); }
 
   // The pidfd turns readable when the child exits, but a child that was being
   // traced (a debugger, strace, a sanitizer's leak checker) at its exit cannot
@@ -114,18 +140,25 @@ class PidfdExitMonitor final : public ExitMonitor {
     return result != 0 || info.si_pid != 0;  // ECHILD: reaped by someone else
   }
 
-  // Runs the callback of `process` and forgets it.
-  void fire(Process* process) {
-    std::unique_ptr<Entry> entry;
+  // Runs one callback of `process` without the lock.
+  void fire(Process* process, bool exit) {
+    Callback callback;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = watched_.find(process);
       if (it == watched_.end()) return;
-      entry = std::move(it->second);
-      watched_.erase(it);
+      Entry& entry = *it->second;
+      if (exit) {
+        if (entry.exited) return;
+        entry.exited = true;
+        callback = std::move(entry.on_exit);
+      } else {
+        callback = entry.on_contents;
+      }
+      if (!callback) return;
       firing_ = process;
     }
-    entry->on_exit();
+    (*callback)();
     std::lock_guard<std::mutex> lock(mutex_);
     firing_ = nullptr;
     idle_.notify_all();
@@ -141,18 +174,23 @@ class PidfdExitMonitor final : public ExitMonitor {
         count = 0;
       }
       for (int i = 0; i < count; ++i) {
-        auto* process = static_cast<Process*>(events[i].data.ptr);
-        if (process == nullptr) return;  // shutdown
+        auto bits = reinterpret_cast<std::uintptr_t>(events[i].data.ptr);
+        if (bits == 0) return;  // shutdown
+        auto* process = reinterpret_cast<Process*>(bits & ~std::uintptr_t{1});
+        if (bits & 1) {
+          fire(process, false);
+          continue;
+        }
         pid_t pid;
         {
           std::lock_guard<std::mutex> lock(mutex_);
           auto it = watched_.find(process);
-          if (it == watched_.end()) continue;
+          if (it == watched_.end() || it->second->exited) continue;
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
           pid = it->second->pid;
         }
         if (waitable(pid)) {
-          fire(process);
+          fire(process, true);
         } else {
           deferred.push_back(process);
         }
@@ -165,7 +203,7 @@ class PidfdExitMonitor final : public ExitMonitor {
           if (entry != watched_.end()) pid = entry->second->pid;
         }
         if (pid == 0 || waitable(pid)) {
-          if (pid != 0) fire(*it);
+          if (pid != 0) fire(*it, true);
           it = deferred.erase(it);
         } else {
           ++it;
@@ -185,37 +223,46 @@ class PidfdExitMonitor final : public ExitMonitor {
 // Fallback without pidfds: waitid(WNOWAIT) on one pid observes the exit and
 // leaves the reaping to the core. A waiter cannot be interrupted, so one whose
 // child is abandoned (never exits) is detached; its state is shared, so it
-// touches nothing freed, and it runs no callback once unwatched.
+// touches nothing freed, and it runs no callback once unwatched. After the
+// exit, a contained child's waiter goes on to watch its group (poll on
+// cgroup.events and an eventfd that unwatch() signals).
 class WaiterThreadExitMonitor final : public ExitMonitor {
  public:
   ~WaiterThreadExitMonitor() override { shutdown(); }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit) override {
+  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents) override {
     auto waiter = std::make_shared<Waiter>();
     waiter->on_exit = std::move(on_exit);
+    int contents_fd = -1;
+    if (on_contents && process.contents_handle() >= 0) {
+      waiter->cancel.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!waiter->cancel) return Error{last_error(), "cannot watch the child's group: eventfd failed"};
+      contents_fd = static_cast<int>(process.contents_handle());
+      waiter->on_contents = std::move(on_contents);
+    }
     auto pid = static_cast<id_t>(process.pid());
-    auto thread = start_thread(kMonitorStackBytes, [waiter, pid] {
+    auto thread = start_thread(kMonitorStackBytes, [waiter, pid, contents_fd] {
+      tls_waiter = waiter.get();
       siginfo_t info{};
       while (waitid(P_PID, pid, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
       }
-      std::unique_lock<std::mutex> lock(waiter->mutex);
-      if (waiter->cancelled) return;
-      waiter->firing = true;
-      lock.unlock();
-      waiter->on_exit();
-      lock.lock();
-      waiter->firing = false;
-      waiter->finished = true;
-      waiter->changed.notify_all();
+      if (!waiter->run(waiter->on_exit)) return waiter->end();
+      while (contents_fd >= 0) {
+        pollfd ready[2] = {{contents_fd, POLLPRI, 0}, {waiter->cancel.get(), POLLIN, 0}};
+        if (poll(ready, 2, -1) < 0 && errno != EINTR) break;
+        if (ready[1].revents != 0) break;
+        if (ready[0].revents != 0 && !waiter->run(waiter->on_contents)) break;
+      }
+      waiter->end();
     }, "an exit waiter");
     if (!thread) return std::move(thread).error();
-    waiter->thread = std::move(*thread);
+    waiter->set_thread(std::move(*thread));
     std::vector<std::shared_ptr<Waiter>> done;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      // Waiters whose callback ran stay listed until here: a process object's
-      // address may be reused by the next one, and a long-lived host must not
-      // accumulate them.
+      // Waiters whose thread has ended stay listed until here: a process
+      // object's address may be reused by the next one, and a long-lived host
+      // must not accumulate them.
       for (auto it = waiters_.begin(); it != waiters_.end();) {
         if (it->second->done()) {
           done.push_back(std::move(it->second));
@@ -257,31 +304,72 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
   struct Waiter {
     std::mutex mutex;
     std::condition_variable changed;
-    std::function<void()> on_exit;
-    bool cancelled = false, firing = false, finished = false;
+    std::function<void()> on_exit, on_contents;
+    UniqueFd cancel;  // an eventfd, only with on_contents
+    bool cancelled = false, firing = false, exited = false, finished = false;
     std::unique_ptr<Thread> thread;
+    bool thread_set = false;
+
+    // Runs `callback` unless unwatched; false once unwatched.
+    bool run(const std::function<void()>& callback) {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (cancelled) return false;
+      firing = true;
+      lock.unlock();
+      callback();
+      lock.lock();
+      firing = false;
+      exited = true;
+      changed.notify_all();
+      return !cancelled;
+    }
+    void end() {
+      std::lock_guard<std::mutex> lock(mutex);
+      finished = true;
+      changed.notify_all();
+    }
+    void set_thread(std::unique_ptr<Thread> started) {
+      std::lock_guard<std::mutex> lock(mutex);
+      thread = std::move(started);
+      thread_set = true;
+      changed.notify_all();
+    }
     bool done() {
       std::lock_guard<std::mutex> lock(mutex);
       return finished;
     }
   };
 
+  static thread_local Waiter* tls_waiter;
+
   static void retire(Waiter& waiter) {
     std::unique_lock<std::mutex> lock(waiter.mutex);
     waiter.cancelled = true;
-    waiter.changed.wait(lock, [&] { return !waiter.firing; });
-    bool finished = waiter.finished;
+    if (waiter.cancel) {
+      std::uint64_t one = 1;
+      (void)!write(waiter.cancel.get(), &one, sizeof one);
+    }
+    const bool own_thread = tls_waiter == &waiter;  // unwatch() from its own callback
+    if (!own_thread) waiter.changed.wait(lock, [&] { return !waiter.firing; });
+    // A waiter still in waitid() (its child never exited) cannot be woken.
+    bool joinable = !own_thread && (waiter.exited || waiter.finished);
+    if (joinable) waiter.changed.wait(lock, [&] { return waiter.finished && waiter.thread_set; });
+    waiter.changed.wait(lock, [&] { return waiter.thread_set; });
+    std::unique_ptr<Thread> thread = std::move(waiter.thread);
     lock.unlock();
-    if (finished) {
-      waiter.thread->join();
+    if (!thread) return;
+    if (joinable) {
+      thread->join();
     } else {
-      waiter.thread->detach();
+      thread->detach();
     }
   }
 
   std::mutex mutex_;
   std::unordered_map<Process*, std::shared_ptr<Waiter>> waiters_;
 };
+
+thread_local WaiterThreadExitMonitor::Waiter* WaiterThreadExitMonitor::tls_waiter = nullptr;
 
 }  // namespace
 

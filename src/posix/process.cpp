@@ -21,11 +21,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
 #include "platform/process.hpp"
 #include "platform/system.hpp"
+#include "posix/cgroup_containment.hpp"
 #include "posix/environment.hpp"
 #include "posix/pidfd.hpp"
 #include "posix/pipe_holders.hpp"
@@ -44,7 +46,7 @@ using posix::UniqueFd;
 #endif
 
 // What the child reports through the error pipe when a step fails.
-enum class ChildStage : int { ProcessGroup = 1, Descriptors, WorkingDirectory, CloseDescriptors, Exec };
+enum class ChildStage : int { ProcessGroup = 1, Descriptors, WorkingDirectory, CloseDescriptors, Exec, Cgroup };
 
 struct ChildFailure {
   ChildStage stage;
@@ -59,6 +61,7 @@ struct ChildPlan {
   const char* working_directory;  // or nullptr
   int stdin_fd, stdout_fd, stderr_fd;  // all >= 3
   int error_fd;                        // >= 3, O_CLOEXEC
+  int cgroup_procs_fd;                 // -1, or the cgroup.procs to join (when clone3 could not)
 };
 
 // The kernel's struct sigaction for rt_sigaction (not glibc's, whose layout differs).
@@ -181,6 +184,13 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
 MODKIT_CHILD_CODE int child_main(void* argument) {
   const ChildPlan& plan = *static_cast<const ChildPlan*>(argument);
 
+  // Into the instance's cgroup first, so that whatever it starts is inside.
+  if (plan.cgroup_procs_fd >= 0) {
+    if (long error = sys(SYS_write, plan.cgroup_procs_fd, "0", 1); error < 0) {
+      child_fail(plan, ChildStage::Cgroup, error);
+    }
+  }
+
   // Lead a new process group, so stopping reaches every descendant.
   if (long error = sys(SYS_setpgid, 0, 0); error != 0) child_fail(plan, ChildStage::ProcessGroup, error);
 
@@ -214,6 +224,44 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   return 127;
 }
 
+// clone3(2) (Linux 5.3; CLONE_INTO_CGROUP 5.7), which glibc does not export:
+// the child starts in its cgroup, so not even its first instruction runs
+// outside it. The child begins on `stack` with nothing to return to, so the
+// trampoline calls child_main itself and exits with its result. x86-64 only;
+// elsewhere the child joins by writing to cgroup.procs (ChildPlan).
+struct CloneArgs {
+  unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+      cgroup;
+};
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#if defined(__x86_64__) && defined(SYS_clone3)
+#define MODKIT_HAVE_CLONE3 1
+MODKIT_CHILD_CODE long clone3_call(CloneArgs* args, int (*function)(void*), void* argument) {
+  long result;
+  // syscall keeps every register but rax, rcx and r11, in both processes.
+  register long function_register __asm__("r8") = reinterpret_cast<long>(function);
+  register long argument_register __asm__("r9") = reinterpret_cast<long>(argument);
+  __asm__ volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "xor %%ebp, %%ebp\n\t"
+      "mov %%r9, %%rdi\n\t"
+      "call *%%r8\n\t"
+      "mov %%eax, %%edi\n\t"
+      "mov $60, %%eax\n\t"
+      "syscall\n\t"
+      "ud2\n"
+      "1:\n\t"
+      : "=a"(result)
+      : "a"(SYS_clone3), "D"(args), "S"(sizeof(CloneArgs)), "r"(function_register), "r"(argument_register)
+      : "rcx", "r11", "memory");
+  return result;
+}
+#endif
+
 // --- Parent side helpers ---------------------------------------------------
 
 #if defined(__SANITIZE_THREAD__)
@@ -225,6 +273,10 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
 #endif
 
 using CloneFunction = int (*)(int (*)(void*), void*, int, void*, ...);
+
+#ifdef MODKIT_HAVE_CLONE3
+std::atomic<bool> clone3_unusable{false};  // learnt once per process
+#endif
 
 // ThreadSanitizer intercepts clone() and handles every call as a fork: it runs
 // its after-fork hooks in the child, which here shares our memory, and then
@@ -330,12 +382,14 @@ ExitStatus decode_siginfo(const siginfo_t& info) {
 class PosixProcess final : public Process {
  public:
   PosixProcess(std::string module, pid_t pid, UniqueFd pidfd, GracefulStop graceful_stop, UniqueFd stdin_write,
-               std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes)
+               std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes,
+               std::unique_ptr<posix::CgroupCell> cell)
       : module_(std::move(module)),
         pid_(pid),
         pidfd_(std::move(pidfd)),
         graceful_stop_(graceful_stop),
         pipe_inodes_(std::move(pipe_inodes)),
+        cell_(std::move(cell)),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
         stderr_(std::move(err)) {}
@@ -351,10 +405,13 @@ class PosixProcess final : public Process {
     switch (graceful_stop_) {
       case GracefulStop::Signal: {
         auto sent = signal_group(SIGTERM);
-        if (!sent) return std::move(sent).error();
+        // Members that left the group get it one by one from the cgroup.
+        int members = cell_ ? cell_->signal_members(SIGTERM, pid_) : 0;
+        if (!sent && members == 0) return std::move(sent).error();
         // A stopped (SIGSTOP, SIGTSTP) member would sit on its SIGTERM until
         // the kill: wake it so the graceful step can work.
         ::kill(-pid_, SIGCONT);
+        if (cell_) cell_->signal_members(SIGCONT, pid_);
         return true;
       }
       case GracefulStop::CloseStdin:
@@ -368,11 +425,24 @@ class PosixProcess final : public Process {
 
   Result<void> kill_tree() override {
     std::lock_guard<std::mutex> lock(mutex_);
+    // The cgroup holds only what this child started, reaped or not; writing
+    // its cgroup.kill needs no right to signal its members.
+    bool cell_killed = cell_ && cell_->kill_all();
     if (reaped_) return {};
-    return signal_group(SIGKILL);
+    auto group = signal_group(SIGKILL);
+    if (cell_killed) return {};
+    return group;
+  }
+
+  std::intptr_t contents_handle() const override { return cell_ ? cell_->events_fd() : -1; }
+  bool contents_empty() override { return !cell_ || !cell_->populated(); }
+  std::optional<std::int64_t> process_count() override {
+    if (!cell_) return std::nullopt;
+    return cell_->count();
   }
 
   int kill_output_holders() override {
+    if (cell_) return 0;
     int total = 0;
     // A holder may have forked another before it died: search again until
     // a round finds none (bounded, so a fork bomb cannot keep us here).
@@ -411,6 +481,7 @@ class PosixProcess final : public Process {
     (void)wait_for_child(info, WEXITED | WNOHANG);
     reaped_ = true;
     stdin_write_.reset();
+    if (cell_) cell_->remove();  // fails while populated; the destructor tries again
   }
 
  private:
@@ -471,6 +542,7 @@ class PosixProcess final : public Process {
   const UniqueFd pidfd_;
   const GracefulStop graceful_stop_;
   const std::vector<ino_t> pipe_inodes_;  // of the stdout and stderr pipes
+  const std::unique_ptr<posix::CgroupCell> cell_;  // or none (not contained)
   std::mutex mutex_;
   bool reaped_ = false;
   std::optional<ExitStatus> status_;
@@ -559,6 +631,19 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return spawn_error(request, "cannot configure pipes", errno);
   }
 
+  // The instance's cgroup, made before the child exists.
+  std::unique_ptr<posix::CgroupCell> cell;
+  if (request.containment != nullptr && request.containment->active()) {
+    // The build pairs the POSIX process code with the POSIX containment.
+    auto made = static_cast<posix::CgroupContainment*>(request.containment)->create_cell(request.instance_id);
+    if (!made) {
+      Error error = std::move(made).error();
+      error.message = "module '" + request.module + "': " + error.message;
+      return error;
+    }
+    cell = std::move(*made);
+  }
+
   ChildPlan plan{path->c_str(),
                  argv.data(),
                  envp.data(),
@@ -566,7 +651,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                  stdin_source.get(),
                  out.write_end.get(),
                  err.write_end.get(),
-                 failure.write_end.get()};
+                 failure.write_end.get(),
+                 -1};
   ChildStack stack;
   if (!stack.top()) return spawn_error(request, "cannot map the child's stack", errno);
 
@@ -581,7 +667,34 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   int clone_error;
   {
     AllSignalsBlocked blocked;
-    pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+    pid = -1;
+    errno = ENOSYS;
+#ifdef MODKIT_HAVE_CLONE3
+    if (cell && !clone3_unusable.load(std::memory_order_relaxed)) {
+      CloneArgs args{};
+      args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP;
+      args.pidfd = reinterpret_cast<unsigned long long>(&pidfd);
+      args.exit_signal = SIGCHLD;
+      args.stack = reinterpret_cast<unsigned long long>(stack.top() - ChildStack::kSize);
+      args.stack_size = ChildStack::kSize;
+      args.cgroup = static_cast<unsigned long long>(cell->directory_fd());
+      long result = clone3_call(&args, child_main, &plan);
+      pid = result < 0 ? -1 : static_cast<pid_t>(result);
+      errno = result < 0 ? static_cast<int>(-result) : 0;
+      // ENOSYS: no clone3 (Linux < 5.3) or a seccomp filter that hides it
+      // (Docker's default profile does); E2BIG or EINVAL: no
+      // CLONE_INTO_CGROUP (< 5.7); EPERM: a filter. Joining from the child
+      // works in all these cases.
+      if (pid < 0 && (errno == ENOSYS || errno == E2BIG || errno == EPERM || errno == EINVAL)) {
+        if (errno != EINVAL) clone3_unusable.store(true, std::memory_order_relaxed);
+        errno = ENOSYS;
+      }
+    }
+#endif
+    if (pid < 0 && errno == ENOSYS) {
+      plan.cgroup_procs_fd = cell ? cell->procs_fd() : -1;
+      pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+    }
     if (pid < 0 && errno == EINVAL) {
       pidfd = -1;
       pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
@@ -590,7 +703,11 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     clone_error = errno;
   }
   errno = saved_errno;
-  if (pid < 0) return spawn_error(request, "cannot create a process for '" + *path + "'", clone_error);
+  if (pid < 0) {
+    std::string what = "cannot create a process for '" + *path + "'";
+    if (cell) what += " in cgroup '" + cell->path() + "'";
+    return spawn_error(request, what, clone_error);
+  }
   UniqueFd owned_pidfd(pidfd);
 
   // 3. The child has exec'd or failed. Its ends are ours to close; an empty
@@ -617,6 +734,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
         }
         return spawn_error(request, what, report.error);
       }
+      case ChildStage::Cgroup:
+        return spawn_error(request, "cannot enter cgroup '" + cell->path() + "'", report.error);
       case ChildStage::WorkingDirectory:
         return spawn_error(request, "cannot enter working directory '" + *request.working_directory + "'",
                            report.error);
@@ -635,7 +754,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto stderr_reader = std::make_unique<posix::PosixPipeReader>(std::move(err.read_end), shared_wake);
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
       request.module, pid, std::move(owned_pidfd), request.graceful_stop, std::move(stdin_pipe.write_end),
-      std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes)));
+      std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes), std::move(cell)));
 }
 
 }  // namespace modkit::platform

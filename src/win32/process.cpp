@@ -255,6 +255,12 @@ class Win32Process final : public Process {
 
   int kill_output_holders() override { return 0; }  // the Job object holds every descendant
 
+  // The Job object is the group; its end is seen through the process handle
+  // and the pipes, so there is nothing more to watch or count here.
+  std::intptr_t contents_handle() const override { return -1; }
+  bool contents_empty() override { return true; }
+  std::optional<std::int64_t> process_count() override { return std::nullopt; }
+
   std::optional<ExitStatus> peek_exit() override {
     if (!exited()) return std::nullopt;
     std::lock_guard<std::mutex> lock(mutex_);

@@ -255,10 +255,12 @@ TEST(ChildFaults, GrandchildInGroupHoldingPipesIsKilled) {
 
 // A daemon grandchild (setsid: its own session and process group) holding the
 // pipes. stop must still return within grace + drain, and the escapee, found
-// through the pipes it holds, is gone.
+// through the pipes it holds (containment off: with it, the cgroup ends it),
+// is gone.
 TEST(ChildFaults, DaemonGrandchildHoldingPipesStopIsBounded) {
-  Fixture f;
   auto options = Fixture::fast_options();
+  options.containment = Containment::Off;
+  Fixture f(options);
   auto handle = f.backend->spawn_instance(child_config("daemonizer", {"daemon", "30", "sleep", "30"}));
   ASSERT_TRUE(handle) << handle.error();
   ASSERT_TRUE(f.sink->wait_for([&](const StoredRecord& r) {

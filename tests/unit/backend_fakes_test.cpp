@@ -118,6 +118,9 @@ class FakeProcess final : public platform::Process {
     return {};
   }
   int kill_output_holders() override { return 0; }
+  std::intptr_t contents_handle() const override { return -1; }
+  bool contents_empty() override { return true; }
+  std::optional<std::int64_t> process_count() override { return std::nullopt; }
   std::optional<ExitStatus> peek_exit() override {
     std::lock_guard<std::mutex> lock(child_->mutex);
     return child_->exit;
@@ -140,7 +143,7 @@ class FakeProcess final : public platform::Process {
 // Fires a child's exit callback when the test says the child has exited.
 class FakeMonitor final : public platform::ExitMonitor {
  public:
-  Result<void> watch(platform::Process& process, std::function<void()> on_exit) override {
+  Result<void> watch(platform::Process& process, std::function<void()> on_exit, std::function<void()>) override {
     std::lock_guard<std::mutex> lock(mutex_);
     callbacks_[process.pid()] = std::move(on_exit);
     return {};

@@ -27,8 +27,12 @@ class FakeProcess final : public platform::Process {
   Result<void> kill_tree() override {
     calls.push_back(reaped ? "kill-after-reap" : "kill");
     if (refuse_signals) return denied();
+    if (members_die_on_kill) members = 0;
     return {};
   }
+  std::intptr_t contents_handle() const override { return -1; }
+  bool contents_empty() override { return members == 0; }
+  std::optional<std::int64_t> process_count() override { return members; }
   int kill_output_holders() override {
     calls.push_back(reaped ? "holders-after-reap" : "holders");
     return holders;
@@ -58,6 +62,8 @@ class FakeProcess final : public platform::Process {
   bool has_graceful_step = true;
   bool refuse_signals = false;
   bool reaped = false;
+  int members = 0;  // processes in the child's group (containment) other than the exited child
+  bool members_die_on_kill = true;
   int holders = 0;
 };
 

@@ -1,0 +1,179 @@
+#include "posix/cgroup.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "platform/system.hpp"
+#include "posix/pidfd.hpp"
+
+namespace modkit::posix {
+namespace {
+
+int send_through_pidfd(int pidfd, int signal_number) {
+#ifdef SYS_pidfd_send_signal
+  return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, signal_number, nullptr, 0));
+#else
+  (void)pidfd;
+  (void)signal_number;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+// Reads a whole (small) control file from the start.
+std::string read_control(int directory, const char* file) {
+  UniqueFd fd(openat(directory, file, O_RDONLY | O_CLOEXEC));
+  std::string text;
+  if (!fd) return text;
+  char buffer[4096];
+  for (;;) {
+    ssize_t got = read(fd.get(), buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(got));
+  }
+  return text;
+}
+
+std::vector<pid_t> parse_pids(const std::string& text) {
+  std::vector<pid_t> pids;
+  long value = 0;
+  bool digits = false;
+  for (char c : text) {
+    if (c >= '0' && c <= '9') {
+      value = value * 10 + (c - '0');
+      digits = true;
+    } else {
+      if (digits) pids.push_back(static_cast<pid_t>(value));
+      value = 0;
+      digits = false;
+    }
+  }
+  if (digits) pids.push_back(static_cast<pid_t>(value));
+  return pids;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CgroupCell>> CgroupCell::create(const std::string& parent, const std::string& name) {
+  std::string path = parent + "/" + name;
+  auto fail = [&](const std::string& what) -> Error {
+    std::error_code code = platform::last_error();
+    return Error{code, what + " cgroup '" + path + "': " + code.message()};
+  };
+  if (mkdir(path.c_str(), 0755) != 0) return fail("cannot create the");
+  UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd procs(directory ? openat(directory.get(), "cgroup.procs", O_WRONLY | O_CLOEXEC) : -1);
+  UniqueFd events(procs ? openat(directory.get(), "cgroup.events", O_RDONLY | O_CLOEXEC) : -1);
+  if (!events) {
+    Error error = fail("cannot open the");
+    rmdir(path.c_str());
+    return error;
+  }
+  return std::unique_ptr<CgroupCell>(new CgroupCell(std::move(path), std::move(directory), std::move(procs),
+                                                    std::move(events)));
+}
+
+CgroupCell::~CgroupCell() { remove(); }
+
+bool CgroupCell::populated() const {
+  char buffer[256];
+  ssize_t got;
+  do {
+    got = pread(events_.get(), buffer, sizeof buffer - 1, 0);
+  } while (got < 0 && errno == EINTR);
+  if (got <= 0) return false;
+  buffer[got] = '\0';
+  const char* field = std::strstr(buffer, "populated ");
+  return field != nullptr && field[10] == '1';
+}
+
+std::vector<pid_t> CgroupCell::members() const { return parse_pids(read_control(directory_.get(), "cgroup.procs")); }
+
+std::int64_t CgroupCell::count() const { return static_cast<std::int64_t>(members().size()); }
+
+bool CgroupCell::write_control(const char* file, const char* value) const {
+  UniqueFd fd(openat(directory_.get(), file, O_WRONLY | O_CLOEXEC));
+  if (!fd) return false;
+  ssize_t written;
+  do {
+    written = write(fd.get(), value, std::strlen(value));
+  } while (written < 0 && errno == EINTR);
+  return written == static_cast<ssize_t>(std::strlen(value));
+}
+
+namespace {
+
+// Members pinned by pidfd and confirmed: a pid read from cgroup.procs may
+// belong to someone else by the time it is opened (the member exited and was
+// reaped by init, the pid reused). Every pid is opened first, the list read
+// again, and a pidfd kept only if its pid is still listed and its process is
+// alive afterwards: alive then means it held that pid throughout, so the
+// second list was about it.
+struct Member {
+  pid_t pid;
+  UniqueFd pidfd;
+};
+
+std::vector<Member> confirmed_members(int directory) {
+  std::vector<Member> pinned;
+  for (pid_t pid : parse_pids(read_control(directory, "cgroup.procs"))) {
+    UniqueFd pidfd(pidfd_open(pid));
+    if (pidfd) pinned.push_back({pid, std::move(pidfd)});
+  }
+  std::vector<pid_t> again = parse_pids(read_control(directory, "cgroup.procs"));
+  std::sort(again.begin(), again.end());
+  std::vector<Member> confirmed;
+  for (auto& member : pinned) {
+    if (!std::binary_search(again.begin(), again.end(), member.pid)) continue;
+    if (send_through_pidfd(member.pidfd.get(), 0) != 0) continue;  // gone since
+    confirmed.push_back(std::move(member));
+  }
+  return confirmed;
+}
+
+}  // namespace
+
+int CgroupCell::signal_members(int signal_number, pid_t skip_group) const {
+  int signalled = 0;
+  for (auto& member : confirmed_members(directory_.get())) {
+    if (skip_group > 0 && getpgid(member.pid) == skip_group) continue;
+    if (send_through_pidfd(member.pidfd.get(), signal_number) == 0) ++signalled;
+  }
+  return signalled;
+}
+
+bool CgroupCell::kill_all() const {
+  if (write_control("cgroup.kill", "1")) return true;
+  return kill_by_freezing();
+}
+
+bool CgroupCell::kill_by_freezing() const {
+  // A frozen member cannot fork, but can still be killed: fatal signals
+  // reach frozen tasks in cgroup v2 (Documentation/admin-guide/cgroup-v2.rst).
+  if (!write_control("cgroup.freeze", "1")) return false;
+  // A member in the middle of fork() when the freeze lands may still add a
+  // child: a few rounds catch those.
+  for (int round = 0; round < 8; ++round) {
+    auto members = confirmed_members(directory_.get());
+    if (members.empty()) break;
+    for (auto& member : members) send_through_pidfd(member.pidfd.get(), SIGKILL);
+  }
+  write_control("cgroup.freeze", "0");
+  return true;
+}
+
+bool CgroupCell::remove() {
+  if (removed_) return true;
+  if (rmdir(path_.c_str()) == 0 || errno == ENOENT) removed_ = true;
+  return removed_;
+}
+
+}  // namespace modkit::posix

@@ -1,0 +1,66 @@
+// One instance's cgroup v2 directory (Linux): made before the spawn, joined
+// by the child before execve, ended whole by a stop, removed after the reap.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "modkit/modkit.hpp"
+#include "posix/unique_fd.hpp"
+
+namespace modkit::posix {
+
+class CgroupCell {
+ public:
+  /// Makes `parent`/`name` (which must not exist) and opens what the spawn
+  /// and the stop need. Errors name the directory.
+  static Result<std::unique_ptr<CgroupCell>> create(const std::string& parent, const std::string& name);
+  /// Removes the directory if it is empty; never blocks, never signals.
+  ~CgroupCell();
+  CgroupCell(const CgroupCell&) = delete;
+  CgroupCell& operator=(const CgroupCell&) = delete;
+
+  const std::string& path() const { return path_; }
+  /// For clone3(CLONE_INTO_CGROUP).
+  int directory_fd() const { return directory_.get(); }
+  /// cgroup.procs, open for writing: a child writes "0" to it to join.
+  int procs_fd() const { return procs_.get(); }
+  /// cgroup.events, open for reading: turns EPOLLPRI when "populated" (or
+  /// "frozen") changes. Reading it (populated()) re-arms it.
+  int events_fd() const { return events_.get(); }
+
+  /// True while a live (not zombie) process is in the cgroup. A cgroup that
+  /// can no longer be read counts as empty.
+  bool populated() const;
+  /// How many processes are in it now.
+  std::int64_t count() const;
+  /// Sends `signal_number` to every member but those of process group
+  /// `skip_group` (which the caller signals itself). Each pid is pinned with
+  /// a pidfd and confirmed a member after it was pinned, so a pid recycled
+  /// meanwhile is never hit. Returns how many were signalled.
+  int signal_members(int signal_number, pid_t skip_group) const;
+  /// Kills every member: cgroup.kill (Linux 5.14), else kill_by_freezing().
+  /// Returns false when neither could be used.
+  bool kill_all() const;
+  /// The fallback for kernels without cgroup.kill: freeze the cgroup (so no
+  /// member can fork meanwhile), SIGKILL every member through pidfds, a few
+  /// rounds until none is left, thaw. Public for the tests.
+  bool kill_by_freezing() const;
+  /// rmdir; true once the directory is gone (also when it already was).
+  bool remove();
+
+ private:
+  CgroupCell(std::string path, UniqueFd directory, UniqueFd procs, UniqueFd events)
+      : path_(std::move(path)), directory_(std::move(directory)), procs_(std::move(procs)), events_(std::move(events)) {}
+  std::vector<pid_t> members() const;
+  bool write_control(const char* file, const char* value) const;
+
+  const std::string path_;
+  UniqueFd directory_, procs_, events_;
+  bool removed_ = false;
+};
+
+}  // namespace modkit::posix

@@ -1,0 +1,227 @@
+// Finding the cgroup v2 directory a backend may use, making its own
+// directory there, and cleaning what backends of exited hosts left behind.
+#include "posix/cgroup_containment.hpp"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "platform/system.hpp"
+#include "posix/unique_fd.hpp"
+
+namespace modkit::posix {
+namespace {
+
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
+
+std::string read_file(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  std::string text;
+  if (!fd) return text;
+  char buffer[4096];
+  for (;;) {
+    ssize_t got = read(fd.get(), buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(got));
+  }
+  return text;
+}
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  for (;;) {
+    std::size_t at = text.find(separator);
+    parts.push_back(text.substr(0, at));
+    if (at == std::string_view::npos) return parts;
+    text.remove_prefix(at + 1);
+  }
+}
+
+// mountinfo writes space, tab, newline and backslash in paths as \ooo.
+std::string unescape_mount_path(std::string_view field) {
+  std::string path;
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() && field[i + 1] >= '0' && field[i + 1] <= '7') {
+      path += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 + (field[i + 3] - '0'));
+      i += 3;
+    } else {
+      path += field[i];
+    }
+  }
+  return path;
+}
+
+// Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it
+// names a process for good, as a pid alone is reused.
+std::string start_time(long pid) {
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  std::size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return {};
+  auto fields = split(std::string_view(stat).substr(paren + 2), ' ');
+  // fields[0] is field 3 (state), so field 22 is fields[19].
+  return fields.size() > 19 ? std::string(fields[19]) : std::string();
+}
+
+bool is_cgroup2_directory(const std::string& path) {
+  struct statfs info;
+  struct stat status;
+  return stat(path.c_str(), &status) == 0 && S_ISDIR(status.st_mode) && statfs(path.c_str(), &info) == 0 &&
+         static_cast<unsigned long>(info.f_type) == CGROUP2_SUPER_MAGIC;
+}
+
+bool writable(const std::string& directory) {
+  return access(directory.c_str(), W_OK) == 0 && access((directory + "/cgroup.procs").c_str(), W_OK) == 0;
+}
+
+// Directories "modkit-<pid>-<start>-<n>" whose host is gone: each instance
+// directory in them is removed when it is empty, then the backend's. A
+// populated one is left as it is (its processes were started by another
+// host: not ours to signal) and reported.
+void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
+  DIR* listing = opendir(parent.c_str());
+  if (listing == nullptr) return;
+  int removed = 0;
+  const std::string own_pid = std::to_string(getpid());
+  while (dirent* entry = readdir(listing)) {
+    std::string_view name(entry->d_name);
+    if (name.substr(0, 7) != "modkit-") continue;
+    auto parts = split(name.substr(7), '-');
+    if (parts.size() != 3 || parts[0].empty() || parts[0].find_first_not_of("0123456789") != std::string_view::npos) {
+      continue;
+    }
+    std::string owner(parts[0]);
+    if (owner == own_pid) continue;  // another backend of this host
+    if (start_time(std::strtol(owner.c_str(), nullptr, 10)) == std::string(parts[1])) continue;  // alive
+    std::string directory = parent + "/" + std::string(name);
+    if (DIR* cells = opendir(directory.c_str())) {
+      while (dirent* cell = readdir(cells)) {
+        if (cell->d_type != DT_DIR || cell->d_name[0] == '.') continue;
+        std::string path = directory + "/" + cell->d_name;
+        if (rmdir(path.c_str()) == 0) {
+          ++removed;
+        } else if (errno == EBUSY) {
+          std::int64_t processes = 0;
+          for (char c : read_file(path + "/cgroup.procs")) processes += c == '\n';
+          notes.push_back("cgroup '" + path + "' of a host that has exited still holds " + std::to_string(processes) +
+                          " process(es); modkit leaves them alone (it did not start them). To end them: write 1 to "
+                          "its cgroup.kill, then remove the directory");
+        }
+      }
+      closedir(cells);
+    }
+    if (rmdir(directory.c_str()) == 0) ++removed;
+  }
+  closedir(listing);
+  if (removed > 0) {
+    notes.push_back("removed " + std::to_string(removed) + " empty cgroup director(ies) left in '" + parent +
+                    "' by backends of hosts that have exited");
+  }
+}
+
+Error containment_error(std::error_code code, const std::string& text) { return Error{code, text}; }
+
+}  // namespace
+
+void CgroupContainment::release() {
+  if (!directory_.empty()) rmdir(directory_.c_str());  // EBUSY: a cell could not be emptied; see remove_stale
+}
+
+std::string own_cgroup_directory() {
+  std::string relative;
+  for (auto line : split(read_file("/proc/self/cgroup"), '\n')) {
+    if (line.substr(0, 3) == "0::") relative = std::string(line.substr(3));
+  }
+  if (relative.empty() || relative[0] != '/') return {};
+  // A line of mountinfo: id parent major:minor root mount-point options
+  // [optional fields] - type source super-options.
+  for (auto line : split(read_file("/proc/self/mountinfo"), '\n')) {
+    std::size_t dash = line.find(" - ");
+    if (dash == std::string_view::npos) continue;
+    auto after = split(line.substr(dash + 3), ' ');
+    if (after.empty() || after[0] != "cgroup2") continue;
+    auto fields = split(line.substr(0, dash), ' ');
+    if (fields.size() < 5) continue;
+    std::string root = unescape_mount_path(fields[3]);
+    std::string mount_point = unescape_mount_path(fields[4]);
+    if (root == "/") root.clear();
+    // The host's cgroup must lie under what this mount shows.
+    if (relative.compare(0, root.size(), root) != 0) continue;
+    std::string rest = relative.substr(root.size());
+    if (!rest.empty() && rest[0] != '/') continue;
+    if (rest == "/") rest.clear();
+    return mount_point + rest;
+  }
+  return {};
+}
+
+}  // namespace modkit::posix
+
+namespace modkit::platform {
+
+Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions& options,
+                                                       std::vector<std::string>& notes) {
+  using posix::CgroupContainment;
+  auto inactive = [](std::string reason) -> std::unique_ptr<Containment> {
+    return std::make_unique<CgroupContainment>(std::string(), std::move(reason));
+  };
+  if (options.containment == modkit::Containment::Off) return inactive("containment is off");
+
+  std::string parent = options.cgroup_parent;
+  bool explicit_parent = !parent.empty();
+  std::string why_not;
+  if (explicit_parent) {
+    while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
+    if (!posix::is_cgroup2_directory(parent)) {
+      return posix::containment_error(std::make_error_code(std::errc::invalid_argument),
+                               "cgroup_parent '" + options.cgroup_parent +
+                                   "' is not a directory of a mounted cgroup v2 hierarchy");
+    }
+  } else {
+    parent = posix::own_cgroup_directory();
+    if (parent.empty()) {
+      why_not = "no cgroup v2 hierarchy holds this process (none mounted, or cgroup v1 only)";
+    } else if (!posix::writable(parent)) {
+      why_not = "the host's cgroup '" + parent + "' is not writable by this process";
+      parent.clear();
+    }
+  }
+
+  std::string directory;
+  if (!parent.empty()) {
+    posix::remove_stale(parent, notes);
+    static std::atomic<unsigned> backends{0};
+    directory = parent + "/modkit-" + std::to_string(getpid()) + "-" + posix::start_time(getpid()) + "-" +
+                std::to_string(backends.fetch_add(1) + 1);
+    if (mkdir(directory.c_str(), 0755) != 0) {
+      std::error_code code = last_error();
+      why_not = "cannot create cgroup '" + directory + "': " + code.message();
+      if (explicit_parent || options.containment == modkit::Containment::Required) {
+        return posix::containment_error(code, why_not);
+      }
+      directory.clear();
+    }
+  }
+  if (directory.empty()) {
+    if (options.containment == modkit::Containment::Required) {
+      return posix::containment_error(std::make_error_code(std::errc::operation_not_supported),
+                               "containment is required but unavailable: " + why_not);
+    }
+    notes.push_back("instances are not contained: " + why_not +
+                    "; a descendant that leaves its process group can outlive a stop (see the README's "
+                    "Containment section; set LocalProcessOptions::cgroup_parent)");
+    return inactive("not contained: " + why_not);
+  }
+  return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::string()));
+}
+
+}  // namespace modkit::platform

@@ -1,0 +1,38 @@
+// The backend's cgroup v2 directory (Linux): where it is, and the cells in it.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "platform/containment.hpp"
+#include "posix/cgroup.hpp"
+
+namespace modkit::posix {
+
+class CgroupContainment final : public platform::Containment {
+ public:
+  /// `directory` is the backend's own directory, already made; empty when
+  /// inactive (`reason` then says why).
+  CgroupContainment(std::string directory, std::string reason)
+      : directory_(std::move(directory)), reason_(std::move(reason)) {}
+  ~CgroupContainment() override { release(); }
+
+  bool active() const override { return !directory_.empty(); }
+  std::string describe() const override { return active() ? "cgroup " + directory_ : reason_; }
+  void release() override;
+
+  /// A new cell for one instance (only when active).
+  Result<std::unique_ptr<CgroupCell>> create_cell(const std::string& name) const {
+    return CgroupCell::create(directory_, name);
+  }
+
+ private:
+  const std::string directory_, reason_;
+};
+
+/// The cgroup v2 directory the calling process is in, as a path in a mounted
+/// cgroup2 hierarchy (from /proc/self/cgroup and /proc/self/mountinfo), or
+/// empty when there is none.
+std::string own_cgroup_directory();
+
+}  // namespace modkit::posix
