@@ -117,16 +117,15 @@ LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point /*now*/) 
 }
 
 void InstanceLifecycle::settle_exit_locked(LifecycleEffects& effects) {
-  if (process_.contents_empty()) {
-    if (streams_closed_locked()) finish_locked(effects);
-    return;
-  }
-  if (stop_requested_ && !remnants_killed_) {
+  bool empty = process_.contents_empty();
+  if (!empty && stop_requested_ && !remnants_killed_) {
     // Still unreaped, so the group id is still the child's own.
     remnants_killed_ = true;
     (void)process_.kill_tree();
     effects.records.push_back({LogLevel::Warn, "stopping: killed the processes the instance left running"});
+    empty = process_.contents_empty();  // usually not yet: the group reports its end later
   }
+  if (empty && streams_closed_locked()) finish_locked(effects);
 }
 
 LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {

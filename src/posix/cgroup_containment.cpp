@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -83,26 +84,23 @@ bool writable(const std::string& directory) {
   return access(directory.c_str(), W_OK) == 0 && access((directory + "/cgroup.procs").c_str(), W_OK) == 0;
 }
 
-// Directories "modkit-<pid>-<start>-<n>" whose host is gone: each instance
-// directory in them is removed when it is empty, then the backend's. A
-// populated one is left as it is (its processes were started by another
-// host: not ours to signal) and reported.
+// Each backend holds flock(LOCK_EX) on its own directory for as long as it
+// lives; the kernel drops the lock when the host dies, however it dies. So a
+// directory "modkit-*" whose lock can be taken belongs to no live backend
+// (the pid in its name is only for people: a host in another pid namespace
+// may have the same one). Holding that lock, each instance directory in it
+// is removed when empty, then the backend's. A populated one is left as it
+// is (its processes were started by another host: not ours to signal) and
+// reported.
 void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   DIR* listing = opendir(parent.c_str());
   if (listing == nullptr) return;
   int removed = 0;
-  const std::string own_pid = std::to_string(getpid());
   while (dirent* entry = readdir(listing)) {
-    std::string_view name(entry->d_name);
-    if (name.substr(0, 7) != "modkit-") continue;
-    auto parts = split(name.substr(7), '-');
-    if (parts.size() != 3 || parts[0].empty() || parts[0].find_first_not_of("0123456789") != std::string_view::npos) {
-      continue;
-    }
-    std::string owner(parts[0]);
-    if (owner == own_pid) continue;  // another backend of this host
-    if (start_time(std::strtol(owner.c_str(), nullptr, 10)) == std::string(parts[1])) continue;  // alive
-    std::string directory = parent + "/" + std::string(name);
+    if (entry->d_type != DT_DIR || std::strncmp(entry->d_name, "modkit-", 7) != 0) continue;
+    std::string directory = parent + "/" + entry->d_name;
+    UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!lock || flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use (or gone)
     if (DIR* cells = opendir(directory.c_str())) {
       while (dirent* cell = readdir(cells)) {
         if (cell->d_type != DT_DIR || cell->d_name[0] == '.') continue;
@@ -112,7 +110,7 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
         } else if (errno == EBUSY) {
           std::int64_t processes = 0;
           for (char c : read_file(path + "/cgroup.procs")) processes += c == '\n';
-          notes.push_back("cgroup '" + path + "' of a host that has exited still holds " + std::to_string(processes) +
+          notes.push_back("cgroup '" + path + "' of a backend that has ended still holds " + std::to_string(processes) +
                           " process(es); modkit leaves them alone (it did not start them). To end them: write 1 to "
                           "its cgroup.kill, then remove the directory");
         }
@@ -124,8 +122,44 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   closedir(listing);
   if (removed > 0) {
     notes.push_back("removed " + std::to_string(removed) + " empty cgroup director(ies) left in '" + parent +
-                    "' by backends of hosts that have exited");
+                    "' by backends that have ended");
   }
+}
+
+// Makes and locks the backend's directory. Another backend's remove_stale
+// may take the lock between our mkdir and flock and remove the directory:
+// then the next name is tried.
+Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& directory) {
+  static std::atomic<unsigned> backends{0};
+  std::error_code code = std::make_error_code(std::errc::resource_unavailable_try_again);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    directory = parent + "/modkit-" + std::to_string(getpid()) + "-" + start_time(getpid()) + "-" +
+                std::to_string(backends.fetch_add(1) + 1);
+    if (mkdir(directory.c_str(), 0755) != 0) {
+      code = platform::last_error();
+      if (code == std::errc::file_exists) continue;
+      break;
+    }
+    UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!lock) {
+      code = platform::last_error();
+      rmdir(directory.c_str());
+      break;
+    }
+    // A cleaner holds the lock only for a few rmdir calls: wait up to ~100 ms.
+    bool locked = false;
+    for (int spin = 0; spin < 100 && !locked; ++spin) {
+      locked = flock(lock.get(), LOCK_EX | LOCK_NB) == 0;
+      if (!locked) usleep(1000);
+    }
+    struct stat opened, named;
+    if (locked && fstat(lock.get(), &opened) == 0 && stat(directory.c_str(), &named) == 0 &&
+        opened.st_ino == named.st_ino) {
+      return lock;
+    }
+    code = std::make_error_code(std::errc::resource_unavailable_try_again);
+  }
+  return Error{code, "cannot create cgroup '" + directory + "': " + code.message()};
 }
 
 Error containment_error(std::error_code code, const std::string& text) { return Error{code, text}; }
@@ -133,18 +167,27 @@ Error containment_error(std::error_code code, const std::string& text) { return 
 }  // namespace
 
 void CgroupContainment::release() {
-  if (!directory_.empty()) rmdir(directory_.c_str());  // EBUSY: a cell could not be emptied; see remove_stale
+  // EBUSY: a cell could not be emptied. The lock goes with the backend, so a
+  // later backend's remove_stale finishes the job.
+  if (!directory_.empty()) rmdir(directory_.c_str());
 }
 
 std::string own_cgroup_directory() {
+  return cgroup_directory_from(read_file("/proc/self/cgroup"), read_file("/proc/self/mountinfo"));
+}
+
+std::string cgroup_directory_from(std::string_view proc_cgroup, std::string_view mountinfo) {
+  // The v2 entry is the line "0::<path>" (hybrid systems list v1 ones too).
   std::string relative;
-  for (auto line : split(read_file("/proc/self/cgroup"), '\n')) {
+  for (auto line : split(proc_cgroup, '\n')) {
     if (line.substr(0, 3) == "0::") relative = std::string(line.substr(3));
   }
   if (relative.empty() || relative[0] != '/') return {};
   // A line of mountinfo: id parent major:minor root mount-point options
-  // [optional fields] - type source super-options.
-  for (auto line : split(read_file("/proc/self/mountinfo"), '\n')) {
+  // [optional fields] - type source super-options. The root is the part of
+  // the hierarchy the mount shows (not "/" inside a cgroup namespace or a
+  // bind mount of a subtree).
+  for (auto line : split(mountinfo, '\n')) {
     std::size_t dash = line.find(" - ");
     if (dash == std::string_view::npos) continue;
     auto after = split(line.substr(dash + 3), ' ');
@@ -154,11 +197,11 @@ std::string own_cgroup_directory() {
     std::string root = unescape_mount_path(fields[3]);
     std::string mount_point = unescape_mount_path(fields[4]);
     if (root == "/") root.clear();
-    // The host's cgroup must lie under what this mount shows.
-    if (relative.compare(0, root.size(), root) != 0) continue;
+    if (relative.compare(0, root.size(), root) != 0) continue;  // our cgroup is not under this mount
     std::string rest = relative.substr(root.size());
-    if (!rest.empty() && rest[0] != '/') continue;
+    if (!rest.empty() && rest[0] != '/') continue;  // "/a" is not under "/ab"
     if (rest == "/") rest.clear();
+    if (mount_point == "/" && !rest.empty()) return rest;
     return mount_point + rest;
   }
   return {};
@@ -197,17 +240,15 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
   }
 
   std::string directory;
+  posix::UniqueFd lock;
   if (!parent.empty()) {
     posix::remove_stale(parent, notes);
-    static std::atomic<unsigned> backends{0};
-    directory = parent + "/modkit-" + std::to_string(getpid()) + "-" + posix::start_time(getpid()) + "-" +
-                std::to_string(backends.fetch_add(1) + 1);
-    if (mkdir(directory.c_str(), 0755) != 0) {
-      std::error_code code = last_error();
-      why_not = "cannot create cgroup '" + directory + "': " + code.message();
-      if (explicit_parent || options.containment == modkit::Containment::Required) {
-        return posix::containment_error(code, why_not);
-      }
+    auto locked = posix::make_locked_directory(parent, directory);
+    if (locked) {
+      lock = std::move(*locked);
+    } else {
+      why_not = locked.error().message;
+      if (explicit_parent || options.containment == modkit::Containment::Required) return std::move(locked).error();
       directory.clear();
     }
   }
@@ -221,7 +262,7 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
                     "Containment section; set LocalProcessOptions::cgroup_parent)");
     return inactive("not contained: " + why_not);
   }
-  return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::string()));
+  return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::string(), std::move(lock)));
 }
 
 }  // namespace modkit::platform

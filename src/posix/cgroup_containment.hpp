@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "platform/containment.hpp"
 #include "posix/cgroup.hpp"
@@ -13,8 +14,8 @@ class CgroupContainment final : public platform::Containment {
  public:
   /// `directory` is the backend's own directory, already made; empty when
   /// inactive (`reason` then says why).
-  CgroupContainment(std::string directory, std::string reason)
-      : directory_(std::move(directory)), reason_(std::move(reason)) {}
+  CgroupContainment(std::string directory, std::string reason, UniqueFd lock = UniqueFd())
+      : directory_(std::move(directory)), reason_(std::move(reason)), lock_(std::move(lock)) {}
   ~CgroupContainment() override { release(); }
 
   bool active() const override { return !directory_.empty(); }
@@ -28,11 +29,14 @@ class CgroupContainment final : public platform::Containment {
 
  private:
   const std::string directory_, reason_;
+  UniqueFd lock_;  // flock(LOCK_EX) on directory_ while the backend lives (see remove_stale)
 };
 
 /// The cgroup v2 directory the calling process is in, as a path in a mounted
 /// cgroup2 hierarchy (from /proc/self/cgroup and /proc/self/mountinfo), or
 /// empty when there is none.
 std::string own_cgroup_directory();
+/// The same, from the text of /proc/self/cgroup and /proc/self/mountinfo.
+std::string cgroup_directory_from(std::string_view proc_cgroup, std::string_view mountinfo);
 
 }  // namespace modkit::posix

@@ -274,5 +274,81 @@ TEST(InstanceLifecycle, EveryRecordIsCountedUntilDelivered) {
   EXPECT_FALSE(m.lifecycle.records_pending());
 }
 
+// --- A contained child: the instance ends when its group is empty ---------
+
+TEST(InstanceLifecycleContained, ExitWithMembersLeftWaitsForTheGroupToEmpty) {
+  Machine m;
+  m.process.members = 2;  // e.g. setsid daemons that closed the pipes
+  m.exits(exited(0), 10ms);
+  m.lifecycle.stream_closed(0, m.at(11ms));
+  auto effects = m.lifecycle.stream_closed(1, m.at(11ms));
+  EXPECT_FALSE(effects.finished) << "two processes of the instance still run";
+  EXPECT_EQ(m.lifecycle.phase(), Phase::ExitedUnreaped);
+  EXPECT_EQ(m.process.count("kill"), 0) << "a natural exit gives the rest drain_timeout to end by itself";
+  m.process.members = 0;
+  effects = m.lifecycle.contents_changed(m.at(50ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.calls, (std::vector<std::string>{"reap"}));
+}
+
+TEST(InstanceLifecycleContained, MembersOutlivingTheDrainTimeoutAreKilledThenTheInstanceEnds) {
+  Machine m;
+  m.process.members = 3;
+  m.exits(exited(0), 0ms);
+  m.lifecycle.stream_closed(0, m.at(1ms));
+  m.lifecycle.stream_closed(1, m.at(1ms));
+  EXPECT_EQ(m.lifecycle.next_deadline(), m.at(100ms));
+  auto effects = m.lifecycle.tick(m.at(100ms));
+  EXPECT_EQ(m.process.count("kill"), 1);
+  EXPECT_TRUE(mentions(effects, "processes of the instance still running")) << effects.records.size();
+  EXPECT_TRUE(mentions(effects, "3 process(es) in its group"));
+  EXPECT_FALSE(effects.finished) << "finished only once the group reports empty";
+  effects = m.lifecycle.contents_changed(m.at(101ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.count("reap"), 1);
+}
+
+TEST(InstanceLifecycleContained, UnkillableMembersAreAbandonedAtTheSecondDrainTimeout) {
+  Machine m;
+  m.process.members = 1;
+  m.process.members_die_on_kill = false;  // stuck in the kernel
+  m.exits(exited(0), 0ms);
+  m.lifecycle.stream_closed(0, m.at(1ms));
+  m.lifecycle.stream_closed(1, m.at(1ms));
+  m.lifecycle.tick(m.at(100ms));
+  m.lifecycle.contents_changed(m.at(150ms));
+  EXPECT_EQ(m.lifecycle.phase(), Phase::ExitedUnreaped);
+  auto effects = m.lifecycle.tick(m.at(200ms));
+  EXPECT_TRUE(effects.finished) << "bounded: 2 * drain_timeout after the exit";
+  EXPECT_TRUE(mentions(effects, "1 process(es) of the instance did not end"));
+  EXPECT_FALSE(m.process.signalled_after_reap());
+}
+
+TEST(InstanceLifecycleContained, StopKillsTheRestAsSoonAsTheChildHasExited) {
+  Machine m;
+  m.process.members = 5;
+  m.lifecycle.begin_stop(m.at(0ms), m.at(500ms));
+  m.exits(signaled(15), 20ms);  // the leader obeyed SIGTERM; its daemons did not
+  EXPECT_EQ(m.process.count("kill"), 1) << "no need to wait for the grace: the stop wants all of it gone";
+  m.lifecycle.stream_closed(0, m.at(21ms));
+  auto effects = m.lifecycle.stream_closed(1, m.at(21ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.count("kill"), 2) << "finish kills the group once more before the reap";
+  EXPECT_FALSE(m.process.signalled_after_reap());
+}
+
+TEST(InstanceLifecycleContained, StopAfterTheExitKillsWhatIsLeftAtOnce) {
+  Machine m;
+  m.process.members = 1;
+  m.exits(exited(0), 0ms);
+  m.lifecycle.stream_closed(0, m.at(1ms));
+  m.lifecycle.stream_closed(1, m.at(1ms));
+  EXPECT_EQ(m.process.count("kill"), 0);
+  auto effects = m.lifecycle.begin_stop(m.at(10ms), m.at(510ms));
+  EXPECT_EQ(m.process.count("kill"), 2) << "the remnants, then the group again in finish";
+  EXPECT_TRUE(mentions(effects, "killed the processes the instance left running"));
+  EXPECT_TRUE(effects.finished);
+}
+
 }  // namespace
 }  // namespace modkit::core
