@@ -1,6 +1,9 @@
 // BM_Spawn/<impl> and BM_SpawnLargeParent/<impl>: start the helper child in
 // "exit" mode with stdout and stderr piped, read both to EOF, reap. For modkit
-// this is spawn_instance until on_exit reports the exit.
+// this is spawn_instance until on_exit reports the exit. "modkit" runs with
+// the default options, so each instance gets a cgroup of its own wherever the
+// automatic containment finds a writable one (counter "contained");
+// "modkit_uncontained" turns containment off, to price it in the same run.
 //
 // The large-parent variants first make the host hold 1 GiB of touched memory
 // in 4 KiB pages (MADV_NOHUGEPAGE, as a fragmented heap would be), where a
@@ -48,12 +51,13 @@ bool prepare(benchmark::State& state, bool large_parent) {
   return true;
 }
 
-void spawn_modkit(benchmark::State& state, bool large_parent) {
+void spawn_modkit(benchmark::State& state, bool large_parent, modkit::Containment containment) {
   if (!prepare(state, large_parent)) return;
   Signal signal;
   std::atomic<std::uint64_t> exits{0};
   auto sink = std::make_shared<CountingSink>(signal);
   modkit::LocalProcessOptions options;
+  options.containment = containment;
   options.on_exit = [&](const modkit::InstanceHandle&, const modkit::ExitStatus&) {
     exits.fetch_add(1, std::memory_order_release);
     signal.notify();
@@ -61,7 +65,17 @@ void spawn_modkit(benchmark::State& state, bool large_parent) {
   modkit::CancellationToken token;
   modkit::LocalProcessBackend backend(token, sink, options);
   const auto config = child_config("spawn", {"exit"});
-  std::uint64_t expected = 0;
+  {
+    // Contained when the listing can count the instance's processes.
+    auto probe = backend.spawn_instance(child_config("probe", {"sleep"}));
+    auto listed = backend.list_instances("probe");
+    state.counters["contained"] = listed && !listed->empty() && listed->front().processes ? 1 : 0;
+    if (probe) {
+      (void)backend.stop_instance(*probe);
+      signal.wait([&] { return exits.load(std::memory_order_acquire) >= 1; });
+    }
+  }
+  std::uint64_t expected = exits.load(std::memory_order_acquire);
   for (auto _ : state) {
     auto handle = backend.spawn_instance(config);
     if (!handle) {
@@ -96,7 +110,9 @@ void register_all() {
     std::function<void(benchmark::State&, bool)> run;
   };
   std::vector<Impl> impls = {
-      {"modkit", spawn_modkit},
+      {"modkit", [](benchmark::State& state, bool large) { spawn_modkit(state, large, modkit::Containment::Automatic); }},
+      {"modkit_uncontained",
+       [](benchmark::State& state, bool large) { spawn_modkit(state, large, modkit::Containment::Off); }},
       {"posix_spawn", spawn_posix},
 #ifdef MODKIT_BENCH_HAVE_LIBUV
       {"libuv", [](benchmark::State& state, bool large) { spawn_peer(state, large, make_libuv_spawner); }},

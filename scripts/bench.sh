@@ -156,6 +156,12 @@ for peer, target, limit in (("posix_spawn", "<= 1.15x", 1.15), ("libuv", "< 1.00
     ok = None if r is None else (r <= limit if peer == "posix_spawn" else r < limit)
     row(f"spawn: modkit / {peer}", fmt_time(modkit_spawn), fmt_time(base), r, target, ok,
         ratio_of(best("BM_Spawn/modkit"), best(f"BM_Spawn/{peer}")))
+contained = get("BM_Spawn/modkit", "contained")
+uncontained = get("BM_Spawn/modkit_uncontained")
+r = ratio_of(modkit_spawn, uncontained)
+row("spawn with containment / without: modkit" + ("" if contained else " (NOT contained: no writable cgroup)"),
+    fmt_time(modkit_spawn), fmt_time(uncontained), r, "<= 1.20x", None if r is None or not contained else r <= 1.2,
+    ratio_of(best("BM_Spawn/modkit"), best("BM_Spawn/modkit_uncontained")))
 for impl in ("modkit", "posix_spawn", "libuv", "boost_process_v2"):
     large, small = get(f"BM_SpawnLargeParent/{impl}"), get(f"BM_Spawn/{impl}")
     r = ratio_of(large, small)

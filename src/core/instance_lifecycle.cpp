@@ -112,7 +112,13 @@ LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point /*now*/) 
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
   const Snapshot before = snapshot_locked();
-  if (phase_ == Phase::ExitedUnreaped) settle_exit_locked(effects);
+  if (phase_ == Phase::ExitedUnreaped) {
+    settle_exit_locked(effects);
+  } else if (phase_ != Phase::Reaped) {
+    // Looking re-arms the handle (a cgroup.events that is not read stays
+    // ready), so a watcher that polls it is not woken again and again.
+    (void)process_.contents_empty();
+  }
   return counted(std::move(effects), before);
 }
 

@@ -70,15 +70,18 @@ Result<std::unique_ptr<CgroupCell>> CgroupCell::create(const std::string& parent
   };
   if (mkdir(path.c_str(), 0755) != 0) return fail("cannot create the");
   UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  UniqueFd procs(directory ? openat(directory.get(), "cgroup.procs", O_WRONLY | O_CLOEXEC) : -1);
-  UniqueFd events(procs ? openat(directory.get(), "cgroup.events", O_RDONLY | O_CLOEXEC) : -1);
+  UniqueFd events(directory ? openat(directory.get(), "cgroup.events", O_RDONLY | O_CLOEXEC) : -1);
   if (!events) {
     Error error = fail("cannot open the");
     rmdir(path.c_str());
     return error;
   }
-  return std::unique_ptr<CgroupCell>(new CgroupCell(std::move(path), std::move(directory), std::move(procs),
-                                                    std::move(events)));
+  return std::unique_ptr<CgroupCell>(new CgroupCell(std::move(path), std::move(directory), std::move(events)));
+}
+
+int CgroupCell::procs_fd() {
+  if (!procs_) procs_.reset(openat(directory_.get(), "cgroup.procs", O_WRONLY | O_CLOEXEC));
+  return procs_.get();
 }
 
 CgroupCell::~CgroupCell() { remove(); }

@@ -26,8 +26,9 @@ class CgroupCell {
   const std::string& path() const { return path_; }
   /// For clone3(CLONE_INTO_CGROUP).
   int directory_fd() const { return directory_.get(); }
-  /// cgroup.procs, open for writing: a child writes "0" to it to join.
-  int procs_fd() const { return procs_.get(); }
+  /// cgroup.procs, opened for writing on first use (only the fallback path
+  /// needs it): a child writes "0" to it to join. -1 if it cannot be opened.
+  int procs_fd();
   /// cgroup.events, open for reading: turns EPOLLPRI when "populated" (or
   /// "frozen") changes. Reading it (populated()) re-arms it.
   int events_fd() const { return events_.get(); }
@@ -53,8 +54,8 @@ class CgroupCell {
   bool remove();
 
  private:
-  CgroupCell(std::string path, UniqueFd directory, UniqueFd procs, UniqueFd events)
-      : path_(std::move(path)), directory_(std::move(directory)), procs_(std::move(procs)), events_(std::move(events)) {}
+  CgroupCell(std::string path, UniqueFd directory, UniqueFd events)
+      : path_(std::move(path)), directory_(std::move(directory)), events_(std::move(events)) {}
   std::vector<pid_t> members() const;
   bool write_control(const char* file, const char* value) const;
 

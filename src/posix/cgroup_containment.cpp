@@ -84,6 +84,18 @@ bool writable(const std::string& directory) {
   return access(directory.c_str(), W_OK) == 0 && access((directory + "/cgroup.procs").c_str(), W_OK) == 0;
 }
 
+// "modkit-<pid>-<start>-<n>", all three numbers: what make_locked_directory
+// names, and nothing else (not a "modkit-test-..." a host made itself).
+bool is_backend_directory_name(std::string_view name) {
+  if (name.substr(0, 7) != "modkit-") return false;
+  auto parts = split(name.substr(7), '-');
+  if (parts.size() != 3) return false;
+  for (auto part : parts) {
+    if (part.empty() || part.find_first_not_of("0123456789") != std::string_view::npos) return false;
+  }
+  return true;
+}
+
 // Each backend holds flock(LOCK_EX) on its own directory for as long as it
 // lives; the kernel drops the lock when the host dies, however it dies. So a
 // directory "modkit-*" whose lock can be taken belongs to no live backend
@@ -97,7 +109,7 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   if (listing == nullptr) return;
   int removed = 0;
   while (dirent* entry = readdir(listing)) {
-    if (entry->d_type != DT_DIR || std::strncmp(entry->d_name, "modkit-", 7) != 0) continue;
+    if (entry->d_type != DT_DIR || !is_backend_directory_name(entry->d_name)) continue;
     std::string directory = parent + "/" + entry->d_name;
     UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!lock || flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use (or gone)

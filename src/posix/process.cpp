@@ -481,7 +481,6 @@ class PosixProcess final : public Process {
     (void)wait_for_child(info, WEXITED | WNOHANG);
     reaped_ = true;
     stdin_write_.reset();
-    if (cell_) cell_->remove();  // fails while populated; the destructor tries again
   }
 
  private:
@@ -691,11 +690,15 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
       }
     }
 #endif
+    bool cannot_join = false;
     if (pid < 0 && errno == ENOSYS) {
       plan.cgroup_procs_fd = cell ? cell->procs_fd() : -1;
-      pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+      cannot_join = cell && plan.cgroup_procs_fd < 0;  // never start it outside its cgroup
+      if (!cannot_join) {
+        pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+      }
     }
-    if (pid < 0 && errno == EINVAL) {
+    if (pid < 0 && errno == EINVAL && !cannot_join) {
       pidfd = -1;
       pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
       if (pid > 0) pidfd = posix::pidfd_open(pid);  // may fail: the pid is then used (still safe, unreaped)

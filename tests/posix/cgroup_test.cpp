@@ -70,10 +70,11 @@ TEST(CgroupDiscovery, NoV2HierarchyMeansNone) {
 // --- One cell ------------------------------------------------------------------
 
 // Starts `/bin/sh -c script` inside `cell` (the child joins before exec).
-pid_t start_in(const posix::CgroupCell& cell, const char* script) {
+pid_t start_in(posix::CgroupCell& cell, const char* script) {
+  int procs = cell.procs_fd();
   pid_t pid = fork();
   if (pid == 0) {
-    if (write(cell.procs_fd(), "0", 1) != 1) _exit(126);
+    if (write(procs, "0", 1) != 1) _exit(126);
     execl("/bin/sh", "sh", "-c", script, static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -114,10 +115,11 @@ TEST(CgroupCell, SignalMembersSkipsTheGivenGroupAndReachesTheRest) {
   auto cell = posix::CgroupCell::create(parent.path(), "cell");
   ASSERT_TRUE(cell) << cell.error();
   // The shell leads a group of its own; two setsid sleepers are outside it.
+  int procs = (*cell)->procs_fd();
   pid_t shell = fork();
   if (shell == 0) {
     setpgid(0, 0);
-    if (write((*cell)->procs_fd(), "0", 1) != 1) _exit(126);
+    if (write(procs, "0", 1) != 1) _exit(126);
     execl("/bin/sh", "sh", "-c", "setsid sleep 30 & setsid sleep 30 & wait; exec sleep 30", static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -213,8 +215,9 @@ TEST(CgroupParent, StaleDirectoriesOfEndedBackendsAreRemovedAndPopulatedOnesLeft
   std::string full_one = parent.path() + "/modkit-" + std::to_string(getpid()) + "-1-2";
   std::string alive_one = parent.path() + "/modkit-" + std::to_string(gone) + "-1-1";
   std::string foreign = parent.path() + "/someone-else";
+  std::string look_alike = parent.path() + "/modkit-test-1-2";  // not a name modkit gives
   for (const auto& directory : {empty_one, empty_one + "/cell", full_one, full_one + "/cell", alive_one,
-                                alive_one + "/cell", foreign}) {
+                                alive_one + "/cell", foreign, look_alike}) {
     ASSERT_EQ(mkdir(directory.c_str(), 0755), 0) << directory;
   }
   int alive_lock = open(alive_one.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -237,6 +240,7 @@ TEST(CgroupParent, StaleDirectoriesOfEndedBackendsAreRemovedAndPopulatedOnesLeft
   EXPECT_EQ(access((full_one + "/cell").c_str(), F_OK), 0) << "a populated one is not ours to empty";
   EXPECT_EQ(access((alive_one + "/cell").c_str(), F_OK), 0) << "a live backend's directory is left alone";
   EXPECT_EQ(access(foreign.c_str(), F_OK), 0) << "what modkit did not make is left alone";
+  EXPECT_EQ(access(look_alike.c_str(), F_OK), 0) << "a name that only starts like modkit's is left alone";
   EXPECT_EQ(kill(sleeper, 0), 0) << "and its process was not signalled";
   bool reported = false;
   for (const auto& record : sink->records()) {
