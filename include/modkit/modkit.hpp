@@ -440,7 +440,11 @@ struct BackendAccess;
 /// Runs each instance as a child process of this one.
 ///
 /// Each child leads its own process group (POSIX) or Job object (Windows), so
-/// stopping reaches its whole tree. Its stdin is the null device (or a pipe
+/// stopping reaches its whole tree; on Linux it also runs in a cgroup of its
+/// own when containment is on (see Containment), which a stop ends whole,
+/// descendants that left the group included. A contained instance ends when
+/// no process of its cgroup is left: what it left running after it exited
+/// gets drain_timeout to end by itself, then is killed. Its stdin is the null device (or a pipe
 /// with GracefulStop::CloseStdin), its stdout and stderr go, line by line, to
 /// the LogSink, and it inherits no other descriptor or handle of the host.
 /// When the token is cancelled every child is stopped with one shared deadline.
@@ -450,8 +454,10 @@ struct BackendAccess;
 /// the destructor return within G + K + 2*D (plus scheduling delays), whatever
 /// the child or the sink does. modkit only signals what it started: the
 /// child's process group only while the child is unreaped (so its id cannot
-/// have been reused), and outside the group only processes that hold the write
-/// end of the child's own output pipes.
+/// have been reused), the members of the child's cgroup (each pinned with a
+/// pidfd and confirmed a member before it is signalled), and, only when the
+/// child has no cgroup, processes outside the group that hold the write end
+/// of the child's own output pipes.
 ///
 /// Calls from inside a sink or on_exit never deadlock: a stop that would wait
 /// for the calling thread itself is started and returns
@@ -460,8 +466,13 @@ struct BackendAccess;
 /// callback has returned. on_exit is never called after the destructor returned.
 class LocalProcessBackend final : public ModuleRuntimeBackend {
  public:
-  /// Starts the backend's threads. Errors: resource_unavailable_try_again when
-  /// a thread or descriptor cannot be had (the message says which).
+  /// Starts the backend's threads and, with containment, makes its cgroup
+  /// directory (and removes empty ones of backends that have ended). Errors:
+  /// resource_unavailable_try_again when a thread or descriptor cannot be had
+  /// (the message says which); invalid_argument when cgroup_parent is not a
+  /// cgroup v2 directory; the errno of mkdir (permission_denied,
+  /// read_only_file_system, ...) when its directory cannot be made there;
+  /// operation_not_supported when Containment::Required finds no cgroup.
   static Result<std::unique_ptr<LocalProcessBackend>> create(CancellationToken token, std::shared_ptr<LogSink> sink,
                                                              LocalProcessOptions options = {});
   /// As create(), but a backend whose threads could not start refuses every
@@ -477,7 +488,8 @@ class LocalProcessBackend final : public ModuleRuntimeBackend {
   LocalProcessBackend& operator=(const LocalProcessBackend&) = delete;
 
   /// Errors: the config's (invalid_argument and friends), the spawn's (errno of
-  /// the failing step, naming the path), operation_canceled after the token
+  /// the failing step, naming the path, and the cgroup when the child could
+  /// not be made or enter it there), operation_canceled after the token
   /// was cancelled, resource_unavailable_try_again when no reader thread can
   /// be started (the child is then killed and reaped before the call returns).
   Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) override;

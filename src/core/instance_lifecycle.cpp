@@ -36,6 +36,7 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
       } else if (*graceful) {
         phase_ = Phase::Stopping;
         stop_deadline_ = deadline;
+        remnants_deadline_ = deadline;
         effects.records.push_back({LogLevel::Info, "stopping: graceful stop requested"});
       } else {
         kill_locked(now, "killed (no graceful step)", effects);
@@ -44,6 +45,7 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
     }
     case Phase::Stopping:
       stop_deadline_ = std::min(stop_deadline_, deadline);
+      remnants_deadline_ = stop_deadline_;
       if (stop_error_) {  // the kill at the deadline failed: try again
         stop_error_.reset();
         if (now >= stop_deadline_) kill_locked(now, "grace period expired: killed the process group", effects);
@@ -56,7 +58,22 @@ LifecycleEffects InstanceLifecycle::begin_stop(Clock::time_point now, Clock::tim
       }
       break;
     case Phase::ExitedUnreaped:
-      settle_exit_locked(effects);  // the drain deadlines bound the rest
+      // The child is gone; what it left in its group gets the graceful step
+      // and the grace too (the drain deadline waits for it).
+      if (!remnants_killed_ && !process_.contents_empty()) {
+        if (remnants_deadline_) {
+          remnants_deadline_ = std::min(*remnants_deadline_, deadline);
+        } else {
+          auto graceful = process_.request_stop();
+          if (graceful && *graceful) {
+            remnants_deadline_ = deadline;
+            effects.records.push_back(
+                {LogLevel::Info, "stopping: graceful stop requested for the processes the instance left running"});
+          }
+        }
+        if (remnants_deadline_ && !leftovers_killed_) drain_deadline_ = std::max(drain_deadline_, *remnants_deadline_);
+      }
+      settle_exit_locked(now, effects);
       break;
     case Phase::Drained:
     case Phase::Reaped:
@@ -74,6 +91,7 @@ void InstanceLifecycle::kill_locked(Clock::time_point now, std::string why, Life
   }
   phase_ = Phase::Killed;
   killed_ = true;
+  remnants_killed_ = true;  // the whole group went with the child
   kill_deadline_ = now + timings_.kill_timeout;
   effects.records.push_back({LogLevel::Warn, std::move(why)});
 }
@@ -95,25 +113,30 @@ LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   stop_error_.reset();
   phase_ = Phase::ExitedUnreaped;
   drain_deadline_ = now + timings_.drain_timeout;
-  settle_exit_locked(effects);
+  // A stop's grace holds for the rest of the group too: not killed as
+  // leftovers before it has run out.
+  if (stop_requested_ && !remnants_killed_ && remnants_deadline_ && !process_.contents_empty()) {
+    drain_deadline_ = std::max(drain_deadline_, *remnants_deadline_);
+  }
+  settle_exit_locked(now, effects);
   return counted(std::move(effects), before);
 }
 
-LifecycleEffects InstanceLifecycle::stream_closed(int stream, Clock::time_point /*now*/) {
+LifecycleEffects InstanceLifecycle::stream_closed(int stream, Clock::time_point now) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
   const Snapshot before = snapshot_locked();
   closed_[stream] = true;
-  if (phase_ == Phase::ExitedUnreaped) settle_exit_locked(effects);
+  if (phase_ == Phase::ExitedUnreaped) settle_exit_locked(now, effects);
   return counted(std::move(effects), before);
 }
 
-LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point /*now*/) {
+LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point now) {
   LifecycleEffects effects;
   std::lock_guard<std::mutex> lock(mutex_);
   const Snapshot before = snapshot_locked();
   if (phase_ == Phase::ExitedUnreaped) {
-    settle_exit_locked(effects);
+    settle_exit_locked(now, effects);
   } else if (phase_ != Phase::Reaped) {
     // Looking re-arms the handle (a cgroup.events that is not read stays
     // ready), so a watcher that polls it is not woken again and again.
@@ -122,13 +145,15 @@ LifecycleEffects InstanceLifecycle::contents_changed(Clock::time_point /*now*/) 
   return counted(std::move(effects), before);
 }
 
-void InstanceLifecycle::settle_exit_locked(LifecycleEffects& effects) {
+void InstanceLifecycle::settle_exit_locked(Clock::time_point now, LifecycleEffects& effects) {
   bool empty = process_.contents_empty();
-  if (!empty && stop_requested_ && !remnants_killed_) {
+  if (!empty && stop_requested_ && !remnants_killed_ && (!remnants_deadline_ || now >= *remnants_deadline_)) {
     // Still unreaped, so the group id is still the child's own.
     remnants_killed_ = true;
     (void)process_.kill_tree();
-    effects.records.push_back({LogLevel::Warn, "stopping: killed the processes the instance left running"});
+    effects.records.push_back({LogLevel::Warn, remnants_deadline_
+                                                   ? "grace period expired: killed the processes the instance left running"
+                                                   : "stopping: killed the processes the instance left running"});
     empty = process_.contents_empty();  // usually not yet: the group reports its end later
   }
   if (empty && streams_closed_locked()) finish_locked(effects);
@@ -151,6 +176,11 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
       }
       break;
     case Phase::ExitedUnreaped:
+      if (stop_requested_ && !remnants_killed_ && remnants_deadline_ && now >= *remnants_deadline_) {
+        settle_exit_locked(now, effects);
+        remnants_killed_ = true;  // killed, or nothing was left: this deadline is done
+        if (phase_ != Phase::ExitedUnreaped) break;
+      }
       if (!leftovers_killed_ && now >= drain_deadline_) {
         // The child is unreaped, so its group id is still its own.
         leftovers_killed_ = true;
@@ -226,7 +256,9 @@ std::optional<Clock::time_point> InstanceLifecycle::next_deadline_locked() const
       if (!stop_error_) return kill_deadline_;
       break;
     case Phase::ExitedUnreaped:
-      return leftovers_killed_ ? abandon_deadline_ : drain_deadline_;
+      if (leftovers_killed_) return abandon_deadline_;
+      if (stop_requested_ && !remnants_killed_ && remnants_deadline_) return std::min(drain_deadline_, *remnants_deadline_);
+      return drain_deadline_;
     default:
       break;
   }

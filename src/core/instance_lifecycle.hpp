@@ -10,7 +10,7 @@
 // "Group empty" matters for a contained child (platform/containment.hpp):
 // the instance ends only when no process it started is left. Without
 // containment the group counts as empty. A stop (before or after the exit)
-// kills what is left of the group as soon as the child has exited.
+// gives what is left of the group the same grace as the child, then kills it.
 //
 // The child is reaped last, after every group kill: until then its pid and
 // group id stay reserved, so no signal can reach a recycled pid. Stop
@@ -113,8 +113,8 @@ class InstanceLifecycle {
   void kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects);
   void finish_locked(LifecycleEffects& effects);
   // In ExitedUnreaped: finishes when the streams are closed and the group is
-  // empty, and kills a stopped instance's leftovers once.
-  void settle_exit_locked(LifecycleEffects& effects);
+  // empty, and kills a stopped instance's leftovers once its grace is over.
+  void settle_exit_locked(Clock::time_point now, LifecycleEffects& effects);
   bool streams_closed_locked() const { return closed_[0] && closed_[1]; }
   bool sink_late_locked() const {
     return (!closed_[0] && delivering_[0].load(std::memory_order_relaxed)) ||
@@ -128,7 +128,8 @@ class InstanceLifecycle {
   bool stop_requested_ = false;
   bool killed_ = false;             // modkit sent the kill before the exit
   bool leftovers_killed_ = false;   // group and holders killed after the exit
-  bool remnants_killed_ = false;    // the group killed after the exit because of a stop
+  bool remnants_killed_ = false;    // a stop's kill of the group is done (with the child, or after it)
+  std::optional<Clock::time_point> remnants_deadline_;  // a stop's grace for the group
   bool closed_[2] = {false, false};
   Clock::time_point stop_deadline_{}, kill_deadline_{}, drain_deadline_{}, abandon_deadline_{};
   std::optional<ExitStatus> exit_;  // seen, not yet published

@@ -324,30 +324,79 @@ TEST(InstanceLifecycleContained, UnkillableMembersAreAbandonedAtTheSecondDrainTi
   EXPECT_FALSE(m.process.signalled_after_reap());
 }
 
-TEST(InstanceLifecycleContained, StopKillsTheRestAsSoonAsTheChildHasExited) {
+TEST(InstanceLifecycleContained, StopGivesTheRestOfTheGroupTheGraceThenKillsIt) {
   Machine m;
   m.process.members = 5;
   m.lifecycle.begin_stop(m.at(0ms), m.at(500ms));
-  m.exits(signaled(15), 20ms);  // the leader obeyed SIGTERM; its daemons did not
-  EXPECT_EQ(m.process.count("kill"), 1) << "no need to wait for the grace: the stop wants all of it gone";
+  m.exits(signaled(15), 20ms);  // the child obeyed SIGTERM; its daemons are still busy with theirs
   m.lifecycle.stream_closed(0, m.at(21ms));
-  auto effects = m.lifecycle.stream_closed(1, m.at(21ms));
-  EXPECT_TRUE(effects.finished);
-  EXPECT_EQ(m.process.count("kill"), 2) << "finish kills the group once more before the reap";
+  m.lifecycle.stream_closed(1, m.at(21ms));
+  EXPECT_EQ(m.process.count("kill"), 0) << "the rest of the group is inside the same grace";
+  EXPECT_EQ(m.lifecycle.next_deadline(), m.at(500ms)) << "not the drain deadline (120 ms): the grace comes first";
+  m.lifecycle.tick(m.at(120ms));
+  EXPECT_EQ(m.process.count("kill"), 0) << "not killed as leftovers while the grace runs";
+  auto effects = m.lifecycle.tick(m.at(500ms));
+  EXPECT_TRUE(mentions(effects, "grace period expired: killed the processes the instance left running"));
+  EXPECT_TRUE(effects.finished) << "the kill emptied the group";
+  EXPECT_EQ(m.process.count("kill"), 2) << "the remnants, then the group once more before the reap";
   EXPECT_FALSE(m.process.signalled_after_reap());
 }
 
-TEST(InstanceLifecycleContained, StopAfterTheExitKillsWhatIsLeftAtOnce) {
+TEST(InstanceLifecycleContained, RestOfTheGroupEndingInItsGraceEndsTheInstanceWithoutAKill) {
+  Machine m;
+  m.process.members = 2;
+  m.lifecycle.begin_stop(m.at(0ms), m.at(500ms));
+  m.exits(signaled(15), 20ms);
+  m.lifecycle.stream_closed(0, m.at(21ms));
+  m.lifecycle.stream_closed(1, m.at(21ms));
+  m.process.members = 0;  // they obeyed too
+  auto effects = m.lifecycle.contents_changed(m.at(40ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.count("kill"), 1) << "only finish's group kill (a no-op on an empty group)";
+  EXPECT_FALSE(m.lifecycle.next_deadline());
+}
+
+TEST(InstanceLifecycleContained, StopAfterTheExitAsksTheRestFirstAndKillsThemAtItsDeadline) {
   Machine m;
   m.process.members = 1;
   m.exits(exited(0), 0ms);
   m.lifecycle.stream_closed(0, m.at(1ms));
   m.lifecycle.stream_closed(1, m.at(1ms));
-  EXPECT_EQ(m.process.count("kill"), 0);
   auto effects = m.lifecycle.begin_stop(m.at(10ms), m.at(510ms));
-  EXPECT_EQ(m.process.count("kill"), 2) << "the remnants, then the group again in finish";
-  EXPECT_TRUE(mentions(effects, "killed the processes the instance left running"));
+  EXPECT_EQ(m.process.count("graceful"), 1) << "the daemon gets the graceful step";
+  EXPECT_EQ(m.process.count("kill"), 0);
+  EXPECT_TRUE(mentions(effects, "graceful stop requested for the processes the instance left running"));
+  EXPECT_EQ(m.lifecycle.next_deadline(), m.at(510ms)) << "the drain deadline (100 ms) waits for the stop's grace";
+  m.lifecycle.tick(m.at(100ms));
+  EXPECT_EQ(m.process.count("kill"), 0);
+  effects = m.lifecycle.tick(m.at(510ms));
+  EXPECT_TRUE(mentions(effects, "grace period expired"));
   EXPECT_TRUE(effects.finished);
+}
+
+TEST(InstanceLifecycleContained, StopWithoutAGracefulStepKillsTheRestAtOnce) {
+  Machine m;
+  m.process.members = 1;
+  m.process.has_graceful_step = false;
+  m.exits(exited(0), 0ms);
+  m.lifecycle.stream_closed(0, m.at(1ms));
+  m.lifecycle.stream_closed(1, m.at(1ms));
+  auto effects = m.lifecycle.begin_stop(m.at(10ms), m.at(510ms));
+  EXPECT_TRUE(mentions(effects, "stopping: killed the processes the instance left running"));
+  EXPECT_TRUE(effects.finished);
+}
+
+TEST(InstanceLifecycleContained, KillAtTheDeadlineEndsTheWholeGroupWithTheChild) {
+  Machine m;
+  m.process.members = 3;
+  m.lifecycle.begin_stop(m.at(0ms), m.at(100ms));
+  m.lifecycle.tick(m.at(100ms));  // the child ignored SIGTERM: the group is killed, members too
+  EXPECT_EQ(m.process.count("kill"), 1);
+  m.exits(signaled(9), 110ms);
+  m.lifecycle.stream_closed(0, m.at(111ms));
+  auto effects = m.lifecycle.stream_closed(1, m.at(111ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.count("kill"), 2) << "no separate kill of the rest: it went with the child";
 }
 
 }  // namespace

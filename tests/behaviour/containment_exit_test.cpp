@@ -1,0 +1,119 @@
+// A contained instance ends when nothing it started is left (Linux). What
+// the module leaves running after a natural exit gets drain_timeout to end by
+// itself, then is killed; what ends by itself is noticed at once through
+// cgroup.events, with either exit monitor (pidfd epoll, or waiter threads).
+#ifndef _WIN32
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "behaviour_support.hpp"
+#include "../posix/process_probe.hpp"
+#include "test_cgroup.hpp"
+
+using namespace modkit;
+using namespace modkit::testing;
+using namespace modkit::testing::behaviour;
+using namespace modkit::testing::probe;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string read_comm(pid_t pid) {
+  std::string comm = read_text_file("/proc/" + std::to_string(pid) + "/comm");
+  if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+  return comm;
+}
+
+bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (!done()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+class ContainedExit : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!parent_) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  }
+  LocalProcessOptions options() {
+    LocalProcessOptions result = options_with(exits_, GetParam());
+    result.cgroup_parent = parent_.path();
+    result.containment = Containment::Required;
+    result.drain_timeout = 1000ms;
+    return result;
+  }
+  static OopModuleConfig shell(const std::string& name, const std::string& script) {
+    OopModuleConfig config(name, BackendKind::LocalProcess);
+    config.binary = "/bin/sh";
+    config.args = {"-c", script};
+    return config;
+  }
+
+  TestCgroupParent parent_;
+  ExitLog exits_;
+};
+
+TEST_P(ContainedExit, DaemonLeftAfterANaturalExitIsKilledAfterTheDrainTimeout) {
+  Fixture f(options());
+  // The module starts a daemon in a session of its own with no output pipes,
+  // says its pid and exits 0 at once.
+  auto handle = f.backend->spawn_instance(
+      shell("leaver", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!; exit 0"));
+  ASSERT_TRUE(handle) << handle.error();
+  ASSERT_TRUE(f.sink->wait_for([&](const StoredRecord& r) {
+    return r.instance_id == handle->instance_id && r.stream == LogStream::Stdout;
+  }));
+  auto said = Clock::now();
+  pid_t daemon = std::stoi(f.sink->lines(handle->instance_id, LogStream::Stdout).at(0));
+  ASSERT_TRUE(wait_until([&] { return read_comm(daemon) == "sleep"; }, 2000ms)) << "the daemon never started";
+  auto listed = f.backend->list_instances("leaver");
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed->size(), 1u) << "the instance is not over while its daemon runs";
+  EXPECT_EQ(listed->front().processes, std::optional<std::int64_t>(1)) << "the daemon alone is left";
+
+  auto status = exits_.wait_for(handle->instance_id, 5s);
+  double waited = seconds_since(said);
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(status->success()) << "the module's own exit code is reported";
+  EXPECT_GE(waited, 0.8) << "the daemon was not given drain_timeout to end by itself";
+  EXPECT_LT(waited, 1.0 * 3) << "not ended within the bound";
+  EXPECT_TRUE(wait_not_running(daemon, 2000ms)) << "daemon " << daemon << " outlived the instance";
+  EXPECT_TRUE(contains(library_events(*f.sink, handle->instance_id), "processes of the instance still running"))
+      << ::testing::PrintToString(library_events(*f.sink, handle->instance_id));
+  EXPECT_TRUE(zombie_children().empty());
+}
+
+TEST_P(ContainedExit, DescendantThatEndsByItselfIsNoticedAtOnce) {
+  Fixture f(options());
+  // A background job of the module that ends 0.2 s after the module exited:
+  // the cgroup empties then, and that must end the instance (not the drain
+  // timeout, 1 s, and nothing is killed).
+  auto handle = f.backend->spawn_instance(shell("short", "sleep 0.2 </dev/null >/dev/null 2>&1 & exit 0"));
+  ASSERT_TRUE(handle) << handle.error();
+  auto spawned = Clock::now();
+  auto status = exits_.wait_for(handle->instance_id, 5s);
+  double waited = seconds_since(spawned);
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(status->success());
+  EXPECT_GE(waited, 0.15) << "the instance ended while its descendant still ran";
+  EXPECT_LT(waited, 0.8) << "the empty cgroup went unnoticed until the drain timeout";
+  EXPECT_FALSE(contains(library_events(*f.sink, handle->instance_id), "still running"))
+      << ::testing::PrintToString(library_events(*f.sink, handle->instance_id));
+}
+
+INSTANTIATE_TEST_SUITE_P(Monitors, ContainedExit, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& param_info) {
+                           return param_info.param ? std::string("Pidfd") : std::string("WaiterThread");
+                         });
+
+}  // namespace
+
+#endif  // !_WIN32
