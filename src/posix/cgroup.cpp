@@ -1,5 +1,6 @@
 #include "posix/cgroup.hpp"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -60,6 +61,43 @@ std::vector<pid_t> parse_pids(const std::string& text) {
   return pids;
 }
 
+// A module allowed to write cgroupfs (root) may make cgroups inside its own
+// and move processes there: they are still the instance's. Every listing
+// and the removal walk them too, to a bounded depth and count.
+constexpr int kMaxDepth = 16;
+constexpr int kMaxDirectories = 4096;
+
+template <typename Visit>
+void for_each_below(int directory, int depth, int& budget, const Visit& visit) {
+  if (depth > kMaxDepth) return;
+  int listing_fd = openat(directory, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (listing_fd < 0) return;
+  DIR* listing = fdopendir(listing_fd);
+  if (listing == nullptr) {
+    close(listing_fd);
+    return;
+  }
+  while (dirent* entry = readdir(listing)) {
+    if (entry->d_type != DT_DIR || entry->d_name[0] == '.' || --budget < 0) continue;
+    UniqueFd child(openat(directory, entry->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+    if (!child) continue;
+    for_each_below(child.get(), depth + 1, budget, visit);
+    visit(directory, entry->d_name, child.get());
+  }
+  closedir(listing);
+}
+
+// Every pid in the cgroup `directory` and in the cgroups below it.
+std::vector<pid_t> all_pids(int directory) {
+  std::vector<pid_t> pids = parse_pids(read_control(directory, "cgroup.procs"));
+  int budget = kMaxDirectories;
+  for_each_below(directory, 1, budget, [&](int, const char*, int child) {
+    auto more = parse_pids(read_control(child, "cgroup.procs"));
+    pids.insert(pids.end(), more.begin(), more.end());
+  });
+  return pids;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CgroupCell>> CgroupCell::create(const std::string& parent, const std::string& name) {
@@ -98,7 +136,7 @@ bool CgroupCell::populated() const {
   return field != nullptr && field[10] == '1';
 }
 
-std::vector<pid_t> CgroupCell::members() const { return parse_pids(read_control(directory_.get(), "cgroup.procs")); }
+std::vector<pid_t> CgroupCell::members() const { return all_pids(directory_.get()); }
 
 std::int64_t CgroupCell::count() const { return static_cast<std::int64_t>(members().size()); }
 
@@ -127,11 +165,11 @@ struct Member {
 
 std::vector<Member> confirmed_members(int directory) {
   std::vector<Member> pinned;
-  for (pid_t pid : parse_pids(read_control(directory, "cgroup.procs"))) {
+  for (pid_t pid : all_pids(directory)) {
     UniqueFd pidfd(pidfd_open(pid));
     if (pidfd) pinned.push_back({pid, std::move(pidfd)});
   }
-  std::vector<pid_t> again = parse_pids(read_control(directory, "cgroup.procs"));
+  std::vector<pid_t> again = all_pids(directory);
   std::sort(again.begin(), again.end());
   std::vector<Member> confirmed;
   for (auto& member : pinned) {
@@ -174,9 +212,24 @@ bool CgroupCell::kill_by_freezing() const {
 }
 
 bool CgroupCell::remove() {
-  if (removed_) return true;
-  if (rmdir(path_.c_str()) == 0 || errno == ENOENT) removed_ = true;
+  if (!removed_) removed_ = remove_cgroup_tree(path_);
   return removed_;
+}
+
+bool remove_cgroup_tree(const std::string& path) {
+  // Cgroups a module made inside its own go first, deepest first.
+  UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+  if (directory) {
+    int budget = kMaxDirectories;
+    for_each_below(directory.get(), 1, budget,
+                   [](int parent, const char* name, int) { unlinkat(parent, name, AT_REMOVEDIR); });
+  }
+  return rmdir(path.c_str()) == 0 || errno == ENOENT;
+}
+
+std::int64_t cgroup_process_count(const std::string& path) {
+  UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+  return directory ? static_cast<std::int64_t>(all_pids(directory.get()).size()) : 0;
 }
 
 }  // namespace modkit::posix

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,5 +64,11 @@ class CgroupCell {
   UniqueFd directory_, procs_, events_;
   bool removed_ = false;
 };
+
+/// Removes the cgroup at `path` and every cgroup below it, deepest first;
+/// true once `path` is gone. Populated ones refuse (EBUSY) and stay.
+bool remove_cgroup_tree(const std::string& path);
+/// How many processes the cgroup at `path` and those below it hold.
+std::int64_t cgroup_process_count(const std::string& path);
 
 }  // namespace modkit::posix

@@ -117,11 +117,10 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
       while (dirent* cell = readdir(cells)) {
         if (cell->d_type != DT_DIR || cell->d_name[0] == '.') continue;
         std::string path = directory + "/" + cell->d_name;
-        if (rmdir(path.c_str()) == 0) {
+        if (remove_cgroup_tree(path)) {
           ++removed;
         } else if (errno == EBUSY) {
-          std::int64_t processes = 0;
-          for (char c : read_file(path + "/cgroup.procs")) processes += c == '\n';
+          std::int64_t processes = cgroup_process_count(path);
           notes.push_back("cgroup '" + path + "' of a backend that has ended still holds " + std::to_string(processes) +
                           " process(es); modkit leaves them alone (it did not start them). To end them: write 1 to "
                           "its cgroup.kill, then remove the directory");

@@ -109,6 +109,39 @@ TEST_P(ContainedExit, DescendantThatEndsByItselfIsNoticedAtOnce) {
       << ::testing::PrintToString(library_events(*f.sink, handle->instance_id));
 }
 
+// A module allowed to write cgroupfs (root here) makes cgroups inside its
+// own and moves a SIGTERM-ignoring daemon there: still counted, still ended
+// by the stop, and every directory removed.
+TEST_P(ContainedExit, CgroupsTheModuleMadeInsideItsOwnAreCountedEndedAndRemoved) {
+  Fixture f(options());
+  auto config = shell("nester",
+                      "cg=$CGMOUNT$(sed -n 's/^0:://p' /proc/self/cgroup); mkdir -p \"$cg/inner/deeper\" || exit 9; "
+                      "setsid sh -c 'echo 0 > \"$1/cgroup.procs\"; trap \"\" TERM; exec sleep 30' sh "
+                      "\"$cg/inner/deeper\" </dev/null >/dev/null 2>&1 & echo $!; exec sleep 30");
+  config.env["CGMOUNT"] = cgroup2_mount();
+  auto handle = f.backend->spawn_instance(config);
+  ASSERT_TRUE(handle) << handle.error();
+  ASSERT_TRUE(f.sink->wait_for([&](const StoredRecord& r) {
+    return r.instance_id == handle->instance_id && r.stream == LogStream::Stdout;
+  }));
+  pid_t daemon = std::stoi(f.sink->lines(handle->instance_id, LogStream::Stdout).at(0));
+  ASSERT_TRUE(wait_until([&] { return read_comm(daemon) == "sleep"; }, 2000ms));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto listed = f.backend->list_instances("nester");
+        return listed && listed->size() == 1 && listed->front().processes == std::optional<std::int64_t>(2);
+      },
+      2000ms))
+      << "the module and the daemon in the cgroup it made are both the instance's";
+  auto start = Clock::now();
+  auto stopped = f.backend->stop_instance(*handle);
+  ASSERT_TRUE(stopped) << stopped.error();
+  EXPECT_LT(seconds_since(start), 3.0);
+  EXPECT_TRUE(wait_not_running(daemon, 2000ms)) << "the daemon in the nested cgroup outlived the stop";
+  f.backend.reset();
+  EXPECT_TRUE(parent_.descendants().empty()) << parent_.descendants().size() << " director(ies) left";
+}
+
 INSTANTIATE_TEST_SUITE_P(Monitors, ContainedExit, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& param_info) {
                            return param_info.param ? std::string("Pidfd") : std::string("WaiterThread");
