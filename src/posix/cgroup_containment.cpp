@@ -184,7 +184,12 @@ void CgroupContainment::release() {
 }
 
 std::string own_cgroup_directory() {
-  return cgroup_directory_from(read_file("/proc/self/cgroup"), read_file("/proc/self/mountinfo"));
+  std::string cgroup = read_file("/proc/self/cgroup");
+  if (cgroup.empty()) return {};  // errno says why
+  std::string mountinfo = read_file("/proc/self/mountinfo");
+  if (mountinfo.empty()) return {};
+  errno = 0;
+  return cgroup_directory_from(cgroup, mountinfo);
 }
 
 std::string cgroup_directory_from(std::string_view proc_cgroup, std::string_view mountinfo) {
@@ -241,8 +246,11 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
                                    "' is not a directory of a mounted cgroup v2 hierarchy");
     }
   } else {
+    errno = 0;
     parent = posix::own_cgroup_directory();
-    if (parent.empty()) {
+    if (parent.empty() && errno != 0 && errno != ENOENT) {
+      why_not = "cannot read /proc/self/cgroup or /proc/self/mountinfo: " + last_error().message();
+    } else if (parent.empty()) {
       why_not = "no cgroup v2 hierarchy holds this process (none mounted, or cgroup v1 only)";
     } else if (!posix::writable(parent)) {
       why_not = "the host's cgroup '" + parent + "' is not writable by this process";

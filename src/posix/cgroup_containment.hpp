@@ -34,7 +34,7 @@ class CgroupContainment final : public platform::Containment {
 
 /// The cgroup v2 directory the calling process is in, as a path in a mounted
 /// cgroup2 hierarchy (from /proc/self/cgroup and /proc/self/mountinfo), or
-/// empty when there is none.
+/// empty when there is none (errno then non-zero if a file could not be read).
 std::string own_cgroup_directory();
 /// The same, from the text of /proc/self/cgroup and /proc/self/mountinfo.
 std::string cgroup_directory_from(std::string_view proc_cgroup, std::string_view mountinfo);

@@ -131,9 +131,16 @@ TEST(HostFaults, BackendCreatedAtDescriptorLimit) {
     CancellationToken token;
     auto sink = std::make_shared<CollectingSink>();
     auto options = Fixture::fast_options();
-    // Same construction once before the limit: warms UBSan's vptr cache for
-    // every type it touches, so no check needs a pipe at the limit.
-    std::make_unique<LocalProcessBackend>(token, sink, options).reset();
+    // Same construction once before the limit, with a record through the
+    // sink (at the limit the backend says it could not look for a cgroup):
+    // warms UBSan's vptr cache for every type it touches, so no check needs a
+    // pipe at the limit.
+    {
+      auto warm = std::make_unique<LocalProcessBackend>(token, sink, options);
+      auto probe = warm->spawn_instance(child_config("warm-up", {"exit", "0"}));
+      ASSERT_TRUE(probe) << probe.error();
+      EXPECT_TRUE(warm->stop_instance(*probe));
+    }
     std::unique_ptr<LocalProcessBackend> backend;
     {
       NofileGuard guard;
