@@ -163,12 +163,17 @@ struct Member {
   UniqueFd pidfd;
 };
 
-std::vector<Member> confirmed_members(int directory) {
+// `skip_group`: members of this process group are left out (the caller
+// signals the group itself); telling them apart needs no pin, as leaving one
+// out never signals anybody.
+std::vector<Member> confirmed_members(int directory, pid_t skip_group = 0) {
   std::vector<Member> pinned;
   for (pid_t pid : all_pids(directory)) {
+    if (skip_group > 0 && getpgid(pid) == skip_group) continue;
     UniqueFd pidfd(pidfd_open(pid));
     if (pidfd) pinned.push_back({pid, std::move(pidfd)});
   }
+  if (pinned.empty()) return pinned;
   std::vector<pid_t> again = all_pids(directory);
   std::sort(again.begin(), again.end());
   std::vector<Member> confirmed;
@@ -182,11 +187,12 @@ std::vector<Member> confirmed_members(int directory) {
 
 }  // namespace
 
-int CgroupCell::signal_members(int signal_number, pid_t skip_group) const {
+int CgroupCell::signal_members(std::initializer_list<int> signal_numbers, pid_t skip_group) const {
   int signalled = 0;
-  for (auto& member : confirmed_members(directory_.get())) {
-    if (skip_group > 0 && getpgid(member.pid) == skip_group) continue;
-    if (send_through_pidfd(member.pidfd.get(), signal_number) == 0) ++signalled;
+  for (auto& member : confirmed_members(directory_.get(), skip_group)) {
+    bool sent = false;
+    for (int signal_number : signal_numbers) sent = send_through_pidfd(member.pidfd.get(), signal_number) == 0 || sent;
+    signalled += sent ? 1 : 0;
   }
   return signalled;
 }

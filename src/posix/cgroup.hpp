@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,11 +40,11 @@ class CgroupCell {
   bool populated() const;
   /// How many processes are in it now.
   std::int64_t count() const;
-  /// Sends `signal_number` to every member but those of process group
-  /// `skip_group` (which the caller signals itself). Each pid is pinned with
-  /// a pidfd and confirmed a member after it was pinned, so a pid recycled
-  /// meanwhile is never hit. Returns how many were signalled.
-  int signal_members(int signal_number, pid_t skip_group) const;
+  /// Sends each of `signal_numbers`, in order, to every member but those of
+  /// process group `skip_group` (which the caller signals itself). Each pid
+  /// is pinned with a pidfd and confirmed a member after it was pinned, so a
+  /// pid recycled meanwhile is never hit. Returns how many were signalled.
+  int signal_members(std::initializer_list<int> signal_numbers, pid_t skip_group) const;
   /// Kills every member: cgroup.kill (Linux 5.14), else kill_by_freezing().
   /// Returns false when neither could be used.
   bool kill_all() const;

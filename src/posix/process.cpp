@@ -405,13 +405,12 @@ class PosixProcess final : public Process {
     switch (graceful_stop_) {
       case GracefulStop::Signal: {
         auto sent = signal_group(SIGTERM);
-        // Members that left the group get it one by one from the cgroup.
-        int members = cell_ ? cell_->signal_members(SIGTERM, pid_) : 0;
-        if (!sent && members == 0) return std::move(sent).error();
         // A stopped (SIGSTOP, SIGTSTP) member would sit on its SIGTERM until
         // the kill: wake it so the graceful step can work.
         ::kill(-pid_, SIGCONT);
-        if (cell_) cell_->signal_members(SIGCONT, pid_);
+        // Members that left the group get both one by one from the cgroup.
+        int members = cell_ ? cell_->signal_members({SIGTERM, SIGCONT}, pid_) : 0;
+        if (!sent && members == 0) return std::move(sent).error();
         return true;
       }
       case GracefulStop::CloseStdin:
@@ -427,7 +426,8 @@ class PosixProcess final : public Process {
     std::lock_guard<std::mutex> lock(mutex_);
     // The cgroup holds only what this child started, reaped or not; writing
     // its cgroup.kill needs no right to signal its members.
-    bool cell_killed = cell_ && cell_->kill_all();
+    // An empty one needs nothing (the common case at the end of a stop).
+    bool cell_killed = cell_ && (!cell_->populated() || cell_->kill_all());
     if (reaped_) return {};
     auto group = signal_group(SIGKILL);
     if (cell_killed) return {};

@@ -137,7 +137,7 @@ TEST(CgroupCell, SignalMembersSkipsTheGivenGroupAndReachesTheRest) {
     return outside;
   };
   ASSERT_TRUE(wait_for([&] { return (*cell)->count() == 3 && outside_group() == 2; }, 5s)) << (*cell)->count();
-  EXPECT_EQ((*cell)->signal_members(SIGTERM, shell), 2) << "the two outside the shell's group, not the shell";
+  EXPECT_EQ((*cell)->signal_members({SIGTERM}, shell), 2) << "the two outside the shell's group, not the shell";
   EXPECT_TRUE(wait_for([&] { return (*cell)->count() == 1; }, 3s)) << "the sleepers ended";
   EXPECT_TRUE((*cell)->kill_all());
   int status = 0;
