@@ -112,6 +112,7 @@ LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   exit_->forced = killed_;
   stop_error_.reset();
   phase_ = Phase::ExitedUnreaped;
+  exit_time_ = now;
   drain_deadline_ = now + timings_.drain_timeout;
   // A stop's grace holds for the rest of the group too: not killed as
   // leftovers before it has run out.
@@ -178,9 +179,17 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
     case Phase::ExitedUnreaped:
       if (stop_requested_ && !remnants_killed_ && remnants_deadline_ && now >= *remnants_deadline_) {
         settle_exit_locked(now, effects);
+        if (remnants_killed_ && !leftovers_killed_) {
+          // The kill gets its own drain_timeout before the leftovers step.
+          drain_deadline_ = std::max(drain_deadline_, now + timings_.drain_timeout);
+        }
         remnants_killed_ = true;  // killed, or nothing was left: this deadline is done
-        if (phase_ != Phase::ExitedUnreaped) break;
+      } else {
+        // An emptied group whose notice was lost (it is re-armed by every
+        // look) must not wait for the drain deadline.
+        settle_exit_locked(now, effects);
       }
+      if (phase_ != Phase::ExitedUnreaped) break;
       if (!leftovers_killed_ && now >= drain_deadline_) {
         // The child is unreaped, so its group id is still its own.
         leftovers_killed_ = true;
@@ -189,7 +198,9 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
         (void)process_.kill_tree();
         int holders = process_.kill_output_holders();
         bool sink_late = sink_late_locked();
-        std::string waited = milliseconds_text(timings_.drain_timeout) + " after the exit";
+        std::string waited =
+            milliseconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(now - exit_time_)) +
+            " after the exit";
         std::string text;
         if (sink_late) {
           text = "a sink call is late: output not drained " + waited;

@@ -131,7 +131,7 @@ class InstanceLifecycle {
   bool remnants_killed_ = false;    // a stop's kill of the group is done (with the child, or after it)
   std::optional<Clock::time_point> remnants_deadline_;  // a stop's grace for the group
   bool closed_[2] = {false, false};
-  Clock::time_point stop_deadline_{}, kill_deadline_{}, drain_deadline_{}, abandon_deadline_{};
+  Clock::time_point stop_deadline_{}, kill_deadline_{}, drain_deadline_{}, abandon_deadline_{}, exit_time_{};
   std::optional<ExitStatus> exit_;  // seen, not yet published
   std::optional<ExitStatus> status_;  // published once reaped
   std::optional<Error> stop_error_;

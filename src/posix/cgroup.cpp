@@ -64,12 +64,10 @@ std::vector<pid_t> parse_pids(const std::string& text) {
 // A module allowed to write cgroupfs (root) may make cgroups inside its own
 // and move processes there: they are still the instance's. Every listing
 // and the removal walk them too, to a bounded depth and count.
-constexpr int kMaxDepth = 16;
-constexpr int kMaxDirectories = 4096;
 
 template <typename Visit>
 void for_each_below(int directory, int depth, int& budget, const Visit& visit) {
-  if (depth > kMaxDepth) return;
+  if (depth > kMaxCgroupDepth) return;
   int listing_fd = openat(directory, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (listing_fd < 0) return;
   DIR* listing = fdopendir(listing_fd);
@@ -90,7 +88,7 @@ void for_each_below(int directory, int depth, int& budget, const Visit& visit) {
 // Every pid in the cgroup `directory` and in the cgroups below it.
 std::vector<pid_t> all_pids(int directory) {
   std::vector<pid_t> pids = parse_pids(read_control(directory, "cgroup.procs"));
-  int budget = kMaxDirectories;
+  int budget = kMaxCgroupsWalked;
   for_each_below(directory, 1, budget, [&](int, const char*, int child) {
     auto more = parse_pids(read_control(child, "cgroup.procs"));
     pids.insert(pids.end(), more.begin(), more.end());
@@ -100,21 +98,28 @@ std::vector<pid_t> all_pids(int directory) {
 
 }  // namespace
 
-Result<std::unique_ptr<CgroupCell>> CgroupCell::create(const std::string& parent, const std::string& name) {
+Result<std::unique_ptr<CgroupCell>> CgroupCell::create(int parent_fd, const std::string& parent,
+                                                       const std::string& name) {
   std::string path = parent + "/" + name;
   auto fail = [&](const std::string& what) -> Error {
     std::error_code code = platform::last_error();
     return Error{code, what + " cgroup '" + path + "': " + code.message()};
   };
-  if (mkdir(path.c_str(), 0755) != 0) return fail("cannot create the");
-  UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (mkdirat(parent_fd, name.c_str(), 0755) != 0) return fail("cannot create the");
+  UniqueFd directory(openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   UniqueFd events(directory ? openat(directory.get(), "cgroup.events", O_RDONLY | O_CLOEXEC) : -1);
-  if (!events) {
+  UniqueFd kill(events ? openat(directory.get(), "cgroup.kill", O_WRONLY | O_CLOEXEC) : -1);
+  UniqueFd freeze;
+  if (events && !kill && errno == ENOENT) {  // before Linux 5.14
+    freeze.reset(openat(directory.get(), "cgroup.freeze", O_RDWR | O_CLOEXEC));
+  }
+  if (!events || (!kill && !freeze)) {
     Error error = fail("cannot open the");
-    rmdir(path.c_str());
+    unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR);
     return error;
   }
-  return std::unique_ptr<CgroupCell>(new CgroupCell(std::move(path), std::move(directory), std::move(events)));
+  return std::unique_ptr<CgroupCell>(
+      new CgroupCell(std::move(path), std::move(directory), std::move(events), std::move(kill), std::move(freeze)));
 }
 
 int CgroupCell::procs_fd() {
@@ -140,80 +145,92 @@ std::vector<pid_t> CgroupCell::members() const { return all_pids(directory_.get(
 
 std::int64_t CgroupCell::count() const { return static_cast<std::int64_t>(members().size()); }
 
-bool CgroupCell::write_control(const char* file, const char* value) const {
-  UniqueFd fd(openat(directory_.get(), file, O_WRONLY | O_CLOEXEC));
-  if (!fd) return false;
-  ssize_t written;
-  do {
-    written = write(fd.get(), value, std::strlen(value));
-  } while (written < 0 && errno == EINTR);
-  return written == static_cast<ssize_t>(std::strlen(value));
-}
-
 namespace {
 
-// Members pinned by pidfd and confirmed: a pid read from cgroup.procs may
-// belong to someone else by the time it is opened (the member exited and was
-// reaped by init, the pid reused). Every pid is opened first, the list read
-// again, and a pidfd kept only if its pid is still listed and its process is
-// alive afterwards: alive then means it held that pid throughout, so the
-// second list was about it.
+// A member pinned by pidfd: a pid read from cgroup.procs may belong to
+// someone else by the time it is opened (the member exited and was reaped by
+// init, the pid reused).
 struct Member {
   pid_t pid;
   UniqueFd pidfd;
 };
 
+// Pins up to kBatch members, then lists the cgroup again: a pidfd is kept
+// only if its pid is still listed and its process alive afterwards (alive
+// then means it held that pid throughout, so the second list was about it).
 // `skip_group`: members of this process group are left out (the caller
 // signals the group itself); telling them apart needs no pin, as leaving one
-// out never signals anybody.
-std::vector<Member> confirmed_members(int directory, pid_t skip_group = 0) {
-  std::vector<Member> pinned;
-  for (pid_t pid : all_pids(directory)) {
-    if (skip_group > 0 && getpgid(pid) == skip_group) continue;
-    UniqueFd pidfd(pidfd_open(pid));
-    if (pidfd) pinned.push_back({pid, std::move(pidfd)});
+// out never signals anybody. Calls `act` on each confirmed member; a batch at
+// a time, so the host never holds more than kBatch pidfds for this.
+constexpr std::size_t kBatch = 32;
+
+template <typename Act>
+void for_each_confirmed_member(int directory, pid_t skip_group, const Act& act) {
+  std::vector<pid_t> listed = all_pids(directory);
+  for (std::size_t from = 0; from < listed.size(); from += kBatch) {
+    std::vector<Member> pinned;
+    for (std::size_t i = from; i < listed.size() && i < from + kBatch; ++i) {
+      if (skip_group > 0 && getpgid(listed[i]) == skip_group) continue;
+      UniqueFd pidfd(pidfd_open(listed[i]));
+      if (pidfd) pinned.push_back({listed[i], std::move(pidfd)});
+    }
+    if (pinned.empty()) continue;
+    std::vector<pid_t> again = all_pids(directory);
+    std::sort(again.begin(), again.end());
+    for (auto& member : pinned) {
+      if (!std::binary_search(again.begin(), again.end(), member.pid)) continue;
+      if (send_through_pidfd(member.pidfd.get(), 0) != 0) continue;  // gone since
+      act(member);
+    }
   }
-  if (pinned.empty()) return pinned;
-  std::vector<pid_t> again = all_pids(directory);
-  std::sort(again.begin(), again.end());
-  std::vector<Member> confirmed;
-  for (auto& member : pinned) {
-    if (!std::binary_search(again.begin(), again.end(), member.pid)) continue;
-    if (send_through_pidfd(member.pidfd.get(), 0) != 0) continue;  // gone since
-    confirmed.push_back(std::move(member));
-  }
-  return confirmed;
+}
+
+bool write_once(int fd, const char* value) {
+  ssize_t written;
+  do {
+    written = pwrite(fd, value, std::strlen(value), 0);
+  } while (written < 0 && errno == EINTR);
+  return written == static_cast<ssize_t>(std::strlen(value));
 }
 
 }  // namespace
 
 int CgroupCell::signal_members(std::initializer_list<int> signal_numbers, pid_t skip_group) const {
   int signalled = 0;
-  for (auto& member : confirmed_members(directory_.get(), skip_group)) {
+  for_each_confirmed_member(directory_.get(), skip_group, [&](const Member& member) {
     bool sent = false;
     for (int signal_number : signal_numbers) sent = send_through_pidfd(member.pidfd.get(), signal_number) == 0 || sent;
     signalled += sent ? 1 : 0;
-  }
+  });
   return signalled;
 }
 
 bool CgroupCell::kill_all() const {
-  if (write_control("cgroup.kill", "1")) return true;
+  if (kill_ && write_once(kill_.get(), "1")) return true;
   return kill_by_freezing();
 }
 
 bool CgroupCell::kill_by_freezing() const {
   // A frozen member cannot fork, but can still be killed: fatal signals
   // reach frozen tasks in cgroup v2 (Documentation/admin-guide/cgroup-v2.rst).
-  if (!write_control("cgroup.freeze", "1")) return false;
+  UniqueFd opened;
+  int freeze = freeze_.get();
+  if (freeze < 0) {
+    opened.reset(openat(directory_.get(), "cgroup.freeze", O_RDWR | O_CLOEXEC));
+    freeze = opened.get();
+  }
+  if (freeze < 0 || !write_once(freeze, "1")) return false;
   // A member in the middle of fork() when the freeze lands may still add a
   // child: a few rounds catch those.
   for (int round = 0; round < 8; ++round) {
-    auto members = confirmed_members(directory_.get());
-    if (members.empty()) break;
-    for (auto& member : members) send_through_pidfd(member.pidfd.get(), SIGKILL);
+    int found = 0;
+    for_each_confirmed_member(directory_.get(), 0, [&](const Member& member) {
+      ++found;
+      send_through_pidfd(member.pidfd.get(), SIGKILL);
+    });
+    if (found == 0) break;
   }
-  write_control("cgroup.freeze", "0");
+  write_once(freeze, "0");
   return true;
 }
 
@@ -226,11 +243,17 @@ bool remove_cgroup_tree(const std::string& path) {
   // Cgroups a module made inside its own go first, deepest first.
   UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   if (directory) {
-    int budget = kMaxDirectories;
+    int budget = kMaxCgroupsWalked;
     for_each_below(directory.get(), 1, budget,
                    [](int parent, const char* name, int) { unlinkat(parent, name, AT_REMOVEDIR); });
   }
   return rmdir(path.c_str()) == 0 || errno == ENOENT;
+}
+
+bool cgroup_populated(const std::string& path) {
+  UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+  if (!directory) return false;
+  return read_control(directory.get(), "cgroup.events").find("populated 1") != std::string::npos;
 }
 
 std::int64_t cgroup_process_count(const std::string& path) {

@@ -17,9 +17,11 @@ namespace modkit::posix {
 
 class CgroupCell {
  public:
-  /// Makes `parent`/`name` (which must not exist) and opens what the spawn
-  /// and the stop need. Errors name the directory.
-  static Result<std::unique_ptr<CgroupCell>> create(const std::string& parent, const std::string& name);
+  /// Makes `name` (which must not exist) in the directory `parent_fd`, whose
+  /// canonical path is `parent`, and opens everything the spawn and the stop
+  /// need, so that neither needs a new descriptor when the host has none to
+  /// spare (EMFILE). Errors name the directory.
+  static Result<std::unique_ptr<CgroupCell>> create(int parent_fd, const std::string& parent, const std::string& name);
   /// Removes the directory if it is empty; never blocks, never signals.
   ~CgroupCell();
   CgroupCell(const CgroupCell&) = delete;
@@ -30,7 +32,9 @@ class CgroupCell {
   int directory_fd() const { return directory_.get(); }
   /// cgroup.procs, opened for writing on first use (only the fallback path
   /// needs it): a child writes "0" to it to join. -1 if it cannot be opened.
+  /// close_procs() once the child is in.
   int procs_fd();
+  void close_procs() { procs_.reset(); }
   /// cgroup.events, open for reading: turns EPOLLPRI when "populated" (or
   /// "frozen") changes. Reading it (populated()) re-arms it.
   int events_fd() const { return events_.get(); }
@@ -41,9 +45,11 @@ class CgroupCell {
   /// How many processes are in it now.
   std::int64_t count() const;
   /// Sends each of `signal_numbers`, in order, to every member but those of
-  /// process group `skip_group` (which the caller signals itself). Each pid
-  /// is pinned with a pidfd and confirmed a member after it was pinned, so a
-  /// pid recycled meanwhile is never hit. Returns how many were signalled.
+  /// process group `skip_group` (which the caller signals itself; 0: none).
+  /// Each pid is pinned with a pidfd and confirmed a member after it was
+  /// pinned, so a pid recycled meanwhile is never hit; a few dozen at a time,
+  /// so a module with thousands of processes cannot use up the host's
+  /// descriptors. Returns how many were signalled.
   int signal_members(std::initializer_list<int> signal_numbers, pid_t skip_group) const;
   /// Kills every member: cgroup.kill (Linux 5.14), else kill_by_freezing().
   /// Returns false when neither could be used.
@@ -56,19 +62,32 @@ class CgroupCell {
   bool remove();
 
  private:
-  CgroupCell(std::string path, UniqueFd directory, UniqueFd events)
-      : path_(std::move(path)), directory_(std::move(directory)), events_(std::move(events)) {}
+  CgroupCell(std::string path, UniqueFd directory, UniqueFd events, UniqueFd kill, UniqueFd freeze)
+      : path_(std::move(path)),
+        directory_(std::move(directory)),
+        events_(std::move(events)),
+        kill_(std::move(kill)),
+        freeze_(std::move(freeze)) {}
   std::vector<pid_t> members() const;
-  bool write_control(const char* file, const char* value) const;
 
   const std::string path_;
   UniqueFd directory_, procs_, events_;
+  UniqueFd kill_;    // cgroup.kill, or none before Linux 5.14
+  UniqueFd freeze_;  // cgroup.freeze, only without cgroup.kill
   bool removed_ = false;
 };
+
+/// How deep a module may nest cgroups inside its own (the backend's
+/// directory sets cgroup.max.depth so), and how many of them the walks
+/// below visit.
+constexpr int kMaxCgroupDepth = 16;
+constexpr int kMaxCgroupsWalked = 65536;
 
 /// Removes the cgroup at `path` and every cgroup below it, deepest first;
 /// true once `path` is gone. Populated ones refuse (EBUSY) and stay.
 bool remove_cgroup_tree(const std::string& path);
+/// Whether the cgroup at `path` (or one below it) holds a live process.
+bool cgroup_populated(const std::string& path);
 /// How many processes the cgroup at `path` and those below it hold.
 std::int64_t cgroup_process_count(const std::string& path);
 

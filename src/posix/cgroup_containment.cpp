@@ -67,10 +67,10 @@ std::string unescape_mount_path(std::string_view field) {
 std::string start_time(long pid) {
   std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
   std::size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return {};
+  if (paren == std::string::npos) return "0";
   auto fields = split(std::string_view(stat).substr(paren + 2), ' ');
   // fields[0] is field 3 (state), so field 22 is fields[19].
-  return fields.size() > 19 ? std::string(fields[19]) : std::string();
+  return fields.size() > 19 ? std::string(fields[19]) : std::string("0");  // no /proc: the name only needs digits
 }
 
 bool is_cgroup2_directory(const std::string& path) {
@@ -78,6 +78,15 @@ bool is_cgroup2_directory(const std::string& path) {
   struct stat status;
   return stat(path.c_str(), &status) == 0 && S_ISDIR(status.st_mode) && statfs(path.c_str(), &info) == 0 &&
          static_cast<unsigned long>(info.f_type) == CGROUP2_SUPER_MAGIC;
+}
+
+// Processes may only live in a "domain" cgroup; under a threaded one every
+// new directory is "domain invalid" and no process may enter it. The root
+// has no cgroup.type and is a domain.
+std::string cgroup_type(const std::string& directory) {
+  std::string type = read_file(directory + "/cgroup.type");
+  while (!type.empty() && type.back() == '\n') type.pop_back();
+  return type.empty() ? "domain" : type;
 }
 
 bool writable(const std::string& directory) {
@@ -117,13 +126,14 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
       while (dirent* cell = readdir(cells)) {
         if (cell->d_type != DT_DIR || cell->d_name[0] == '.') continue;
         std::string path = directory + "/" + cell->d_name;
-        if (remove_cgroup_tree(path)) {
-          ++removed;
-        } else if (errno == EBUSY) {
-          std::int64_t processes = cgroup_process_count(path);
-          notes.push_back("cgroup '" + path + "' of a backend that has ended still holds " + std::to_string(processes) +
-                          " process(es); modkit leaves them alone (it did not start them). To end them: write 1 to "
+        if (cgroup_populated(path)) {
+          // Not even the empty cgroups inside it are touched.
+          notes.push_back("cgroup '" + path + "' of a backend that has ended still holds " +
+                          std::to_string(cgroup_process_count(path)) +
+                          " process(es); modkit leaves it alone (it did not start them). To end them: write 1 to "
                           "its cgroup.kill, then remove the directory");
+        } else if (remove_cgroup_tree(path)) {
+          ++removed;
         }
       }
       closedir(cells);
@@ -132,8 +142,8 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   }
   closedir(listing);
   if (removed > 0) {
-    notes.push_back("removed " + std::to_string(removed) + " empty cgroup director(ies) left in '" + parent +
-                    "' by backends that have ended");
+    notes.push_back("removed " + std::to_string(removed) + " empty cgroup(s) (with what was inside them) left in '" +
+                    parent + "' by backends that have ended");
   }
 }
 
@@ -143,7 +153,7 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
 Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& directory) {
   static std::atomic<unsigned> backends{0};
   std::error_code code = std::make_error_code(std::errc::resource_unavailable_try_again);
-  for (int attempt = 0; attempt < 4; ++attempt) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
     directory = parent + "/modkit-" + std::to_string(getpid()) + "-" + start_time(getpid()) + "-" +
                 std::to_string(backends.fetch_add(1) + 1);
     if (mkdir(directory.c_str(), 0755) != 0) {
@@ -151,9 +161,10 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
       if (code == std::errc::file_exists) continue;
       break;
     }
-    UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
     if (!lock) {
       code = platform::last_error();
+      if (code == std::errc::no_such_file_or_directory) continue;  // a cleaner took it first
       rmdir(directory.c_str());
       break;
     }
@@ -166,6 +177,11 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
     struct stat opened, named;
     if (locked && fstat(lock.get(), &opened) == 0 && stat(directory.c_str(), &named) == 0 &&
         opened.st_ino == named.st_ino) {
+      // Bounds how deep a module may nest cgroups in its own, so every walk
+      // of an instance's cgroups sees all of them (best effort).
+      UniqueFd depth(openat(lock.get(), "cgroup.max.depth", O_WRONLY | O_CLOEXEC));
+      std::string limit = std::to_string(kMaxCgroupDepth + 1);
+      if (depth) (void)!write(depth.get(), limit.data(), limit.size());
       return lock;
     }
     code = std::make_error_code(std::errc::resource_unavailable_try_again);
@@ -239,11 +255,24 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
   bool explicit_parent = !parent.empty();
   std::string why_not;
   if (explicit_parent) {
-    while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
-    if (!posix::is_cgroup2_directory(parent)) {
+    // Resolved once (a relative path, a symlink): every later step uses the
+    // directory it names now, whatever the host's working directory or the
+    // link become.
+    char* resolved = realpath(parent.c_str(), nullptr);
+    if (resolved != nullptr) {
+      parent = resolved;
+      std::free(resolved);
+    }
+    if (resolved == nullptr || !posix::is_cgroup2_directory(parent)) {
       return posix::containment_error(std::make_error_code(std::errc::invalid_argument),
-                               "cgroup_parent '" + options.cgroup_parent +
-                                   "' is not a directory of a mounted cgroup v2 hierarchy");
+                                      "cgroup_parent '" + options.cgroup_parent +
+                                          "' is not a directory of a mounted cgroup v2 hierarchy");
+    }
+    std::string type = posix::cgroup_type(parent);
+    if (type != "domain") {
+      return posix::containment_error(std::make_error_code(std::errc::invalid_argument),
+                                      "cgroup_parent '" + options.cgroup_parent + "' is a '" + type +
+                                          "' cgroup: processes can only be put in cgroups below a 'domain' one");
     }
   } else {
     errno = 0;
@@ -254,6 +283,9 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
       why_not = "no cgroup v2 hierarchy holds this process (none mounted, or cgroup v1 only)";
     } else if (!posix::writable(parent)) {
       why_not = "the host's cgroup '" + parent + "' is not writable by this process";
+      parent.clear();
+    } else if (std::string type = posix::cgroup_type(parent); type != "domain") {
+      why_not = "the host's cgroup '" + parent + "' is a '" + type + "' cgroup, below which no process can be put";
       parent.clear();
     }
   }

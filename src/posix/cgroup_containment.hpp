@@ -24,7 +24,7 @@ class CgroupContainment final : public platform::Containment {
 
   /// A new cell for one instance (only when active).
   Result<std::unique_ptr<CgroupCell>> create_cell(const std::string& name) const {
-    return CgroupCell::create(directory_, name);
+    return CgroupCell::create(lock_.get(), directory_, name);
   }
 
  private:

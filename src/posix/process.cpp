@@ -401,7 +401,12 @@ class PosixProcess final : public Process {
 
   Result<bool> request_stop() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (reaped_) return false;
+    if (reaped_) {
+      // Reaped by someone else (SIGCHLD ignored): its group id may be
+      // anyone's now, but the cgroup's members are still the instance's.
+      if (!cell_ || graceful_stop_ != GracefulStop::Signal) return false;
+      return cell_->signal_members({SIGTERM, SIGCONT}, 0) > 0;
+    }
     switch (graceful_stop_) {
       case GracefulStop::Signal: {
         auto sent = signal_group(SIGTERM);
@@ -712,6 +717,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return spawn_error(request, what, clone_error);
   }
   UniqueFd owned_pidfd(pidfd);
+  if (cell) cell->close_procs();  // the child is in (or failed): the fallback's descriptor is done
 
   // 3. The child has exec'd or failed. Its ends are ours to close; an empty
   // error pipe means exec succeeded.

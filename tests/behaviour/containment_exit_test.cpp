@@ -5,6 +5,7 @@
 #ifndef _WIN32
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 
 #include <functional>
@@ -140,6 +141,54 @@ TEST_P(ContainedExit, CgroupsTheModuleMadeInsideItsOwnAreCountedEndedAndRemoved)
   EXPECT_TRUE(wait_not_running(daemon, 2000ms)) << "the daemon in the nested cgroup outlived the stop";
   f.backend.reset();
   EXPECT_TRUE(parent_.descendants().empty()) << parent_.descendants().size() << " director(ies) left";
+}
+
+// A module nesting cgroups deeper than modkit walks is stopped at the limit
+// by the kernel (the backend's cgroup.max.depth), and everything it made is
+// removed with the instance.
+TEST_P(ContainedExit, NestingIsBoundedAndEveryLevelIsRemoved) {
+  Fixture f(options());
+  std::string deep;
+  for (int level = 0; level < 24; ++level) deep += "/d";
+  auto config = shell("deep", "cg=$CGMOUNT$(sed -n 's/^0:://p' /proc/self/cgroup); mkdir -p \"$cg" + deep +
+                                  "\" 2>/dev/null; echo mkdir $?; exit 0");
+  config.env["CGMOUNT"] = cgroup2_mount();
+  auto handle = f.backend->spawn_instance(config);
+  ASSERT_TRUE(handle) << handle.error();
+  auto status = exits_.wait_for(handle->instance_id, 5s);
+  ASSERT_TRUE(status);
+  auto said = f.sink->lines(handle->instance_id, LogStream::Stdout);
+  ASSERT_EQ(said.size(), 1u);
+  EXPECT_NE(said[0], "mkdir 0") << "24 levels were allowed";
+  f.backend.reset();
+  EXPECT_TRUE(parent_.descendants().empty()) << parent_.descendants().size() << " director(ies) left";
+}
+
+// At the descriptor limit a stop still ends every process of the instance:
+// what the kill needs was opened when the instance was made.
+TEST_P(ContainedExit, StopAtTheDescriptorLimitStillEndsTheWholeCgroup) {
+  Fixture f(options());
+  auto handle = f.backend->spawn_instance(
+      shell("limited", "setsid sh -c 'trap \"\" TERM; exec sleep 30' </dev/null >/dev/null 2>&1 & echo $!; exec sleep 30"));
+  ASSERT_TRUE(handle) << handle.error();
+  ASSERT_TRUE(f.sink->wait_for([&](const StoredRecord& r) {
+    return r.instance_id == handle->instance_id && r.stream == LogStream::Stdout;
+  }));
+  pid_t daemon = std::stoi(f.sink->lines(handle->instance_id, LogStream::Stdout).at(0));
+  ASSERT_TRUE(wait_until([&] { return read_comm(daemon) == "sleep"; }, 2000ms));
+  std::vector<int> hoard;
+  for (;;) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    hoard.push_back(fd);
+    if (hoard.size() > 1000000) break;
+  }
+  auto stopped = f.backend->stop_instance(*handle);
+  for (int fd : hoard) close(fd);
+  ASSERT_TRUE(stopped) << stopped.error();
+  EXPECT_TRUE(wait_not_running(daemon, 2000ms)) << "the daemon outlived a stop made at the descriptor limit";
+  f.backend.reset();
+  EXPECT_TRUE(parent_.descendants().empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(Monitors, ContainedExit, ::testing::Values(true, false),

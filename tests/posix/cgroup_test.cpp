@@ -12,7 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <mutex>
 #include <functional>
 #include <string>
 #include <thread>
@@ -69,6 +74,13 @@ TEST(CgroupDiscovery, NoV2HierarchyMeansNone) {
 
 // --- One cell ------------------------------------------------------------------
 
+Result<std::unique_ptr<posix::CgroupCell>> create_cell(const TestCgroupParent& parent, const std::string& name) {
+  int directory = open(parent.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  auto cell = posix::CgroupCell::create(directory, parent.path(), name);
+  close(directory);
+  return cell;
+}
+
 // Starts `/bin/sh -c script` inside `cell` (the child joins before exec).
 pid_t start_in(posix::CgroupCell& cell, const char* script) {
   int procs = cell.procs_fd();
@@ -93,7 +105,7 @@ bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds timeo
 TEST(CgroupCell, FreezeAndKillFallbackEndsEveryMember) {
   TestCgroupParent parent;
   if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
-  auto cell = posix::CgroupCell::create(parent.path(), "cell");
+  auto cell = create_cell(parent, "cell");
   ASSERT_TRUE(cell) << cell.error();
   // 40 sleepers, some of them in sessions of their own.
   pid_t shell = start_in(**cell, "for i in $(seq 20); do sleep 30 & setsid sleep 30 & done; wait");
@@ -112,7 +124,7 @@ TEST(CgroupCell, FreezeAndKillFallbackEndsEveryMember) {
 TEST(CgroupCell, SignalMembersSkipsTheGivenGroupAndReachesTheRest) {
   TestCgroupParent parent;
   if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
-  auto cell = posix::CgroupCell::create(parent.path(), "cell");
+  auto cell = create_cell(parent, "cell");
   ASSERT_TRUE(cell) << cell.error();
   // The shell leads a group of its own; two setsid sleepers are outside it.
   int procs = (*cell)->procs_fd();
@@ -145,12 +157,39 @@ TEST(CgroupCell, SignalMembersSkipsTheGivenGroupAndReachesTheRest) {
   EXPECT_TRUE(wait_for([&] { return !(*cell)->populated(); }, 3s));
 }
 
+// The graceful step pins members with pidfds: a few dozen at a time, so a
+// module with many processes neither runs the host out of descriptors nor
+// goes unsignalled when the host has only a few to spare.
+TEST(CgroupCell, SignallingManyMembersNeedsOnlyAFewDescriptors) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  auto cell = create_cell(parent, "cell");
+  ASSERT_TRUE(cell) << cell.error();
+  pid_t shell = start_in(**cell, "for i in $(seq 150); do setsid sleep 30 & done; wait");
+  ASSERT_TRUE(wait_for([&] { return (*cell)->count() >= 151; }, 10s)) << (*cell)->count();
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  int highest = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    if (fcntl(fd, F_GETFD) != -1) highest = fd;
+  }
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(highest) + 48;  // room for a batch of pidfds and a listing, not for 150
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  int signalled = (*cell)->signal_members({SIGTERM}, 0);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(signalled, 151) << "the shell and every sleeper get the signal";
+  EXPECT_TRUE(wait_for([&] { return (*cell)->count() == 0; }, 5s)) << (*cell)->count() << " left";
+  EXPECT_TRUE((*cell)->kill_all());
+  waitpid(shell, nullptr, 0);
+}
+
 TEST(CgroupCell, CreatingOneThatExistsNamesIt) {
   TestCgroupParent parent;
   if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
-  auto first = posix::CgroupCell::create(parent.path(), "twice");
+  auto first = create_cell(parent, "twice");
   ASSERT_TRUE(first);
-  auto second = posix::CgroupCell::create(parent.path(), "twice");
+  auto second = create_cell(parent, "twice");
   ASSERT_FALSE(second);
   EXPECT_EQ(second.error().code, std::errc::file_exists);
   EXPECT_NE(second.error().message.find(parent.path() + "/twice"), std::string::npos) << second.error().message;
@@ -216,8 +255,9 @@ TEST(CgroupParent, StaleDirectoriesOfEndedBackendsAreRemovedAndPopulatedOnesLeft
   std::string alive_one = parent.path() + "/modkit-" + std::to_string(gone) + "-1-1";
   std::string foreign = parent.path() + "/someone-else";
   std::string look_alike = parent.path() + "/modkit-test-1-2";  // not a name modkit gives
-  for (const auto& directory : {empty_one, empty_one + "/cell", full_one, full_one + "/cell", alive_one,
-                                alive_one + "/cell", foreign, look_alike}) {
+  for (const auto& directory : {empty_one, empty_one + "/cell", empty_one + "/cell/nested", full_one,
+                                full_one + "/cell", full_one + "/cell/worker-slot", alive_one, alive_one + "/cell",
+                                foreign, look_alike}) {
     ASSERT_EQ(mkdir(directory.c_str(), 0755), 0) << directory;
   }
   int alive_lock = open(alive_one.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -238,6 +278,7 @@ TEST(CgroupParent, StaleDirectoriesOfEndedBackendsAreRemovedAndPopulatedOnesLeft
   ASSERT_TRUE(backend) << backend.error();
   EXPECT_NE(access(empty_one.c_str(), F_OK), 0) << "an empty directory of an exited host is removed";
   EXPECT_EQ(access((full_one + "/cell").c_str(), F_OK), 0) << "a populated one is not ours to empty";
+  EXPECT_EQ(access((full_one + "/cell/worker-slot").c_str(), F_OK), 0) << "nor anything inside it";
   EXPECT_EQ(access((alive_one + "/cell").c_str(), F_OK), 0) << "a live backend's directory is left alone";
   EXPECT_EQ(access(foreign.c_str(), F_OK), 0) << "what modkit did not make is left alone";
   EXPECT_EQ(access(look_alike.c_str(), F_OK), 0) << "a name that only starts like modkit's is left alone";
@@ -253,6 +294,72 @@ TEST(CgroupParent, StaleDirectoriesOfEndedBackendsAreRemovedAndPopulatedOnesLeft
   kill(sleeper, SIGKILL);
   waitpid(sleeper, nullptr, 0);
   close(alive_lock);
+}
+
+// Backends made and destroyed at once on one parent: each one's clean-up
+// of ended backends must never take the directory another has just made.
+TEST(CgroupParent, BackendsMadeConcurrentlyAreAllContained) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  std::atomic<int> failures{0};
+  std::string first_failure;
+  std::mutex mutex;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 40; ++round) {
+        auto backend = backend_in(parent.path(), std::make_shared<testing::CollectingSink>(), Containment::Required);
+        if (!backend) {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (failures++ == 0) first_failure = backend.error().message;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0) << first_failure;
+  EXPECT_TRUE(parent.descendants().empty());
+}
+
+TEST(CgroupParent, ThreadedCgroupIsRefusedAsAParent) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  std::string threaded = parent.path() + "/threaded";
+  ASSERT_EQ(mkdir(threaded.c_str(), 0755), 0);
+  ASSERT_TRUE(testing::write_text_file(threaded + "/cgroup.type", "threaded"));  // the parent becomes "domain threaded"
+  auto sink = std::make_shared<testing::CollectingSink>();
+  for (const auto& bad : {threaded, parent.path()}) {
+    auto backend = backend_in(bad, sink);
+    ASSERT_FALSE(backend) << bad << " was accepted: every spawn under it would fail";
+    EXPECT_EQ(backend.error().code, std::errc::invalid_argument);
+    EXPECT_NE(backend.error().message.find("threaded"), std::string::npos) << backend.error().message;
+  }
+}
+
+TEST(CgroupParent, RelativeParentIsResolvedOnceAtCreate) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  char* saved = getcwd(nullptr, 0);
+  ASSERT_EQ(chdir(testing::cgroup2_mount().c_str()), 0);
+  std::string relative = parent.path().substr(testing::cgroup2_mount().size() + 1);
+  auto sink = std::make_shared<testing::CollectingSink>();
+  auto backend = backend_in(relative, sink, Containment::Required);
+  ASSERT_EQ(chdir("/"), 0);  // the host moves on
+  ASSERT_TRUE(backend) << backend.error();
+  OopModuleConfig config("relative", BackendKind::LocalProcess);
+  config.binary = "/bin/sleep";
+  config.args = {"30"};
+  auto handle = (*backend)->spawn_instance(config);
+  EXPECT_TRUE(handle) << handle.error();
+  if (handle) {
+    auto listed = (*backend)->list_instances("relative");
+    EXPECT_TRUE(listed && listed->size() == 1 && listed->front().processes == std::optional<std::int64_t>(1));
+    EXPECT_TRUE((*backend)->stop_instance(*handle));
+  }
+  (*backend).reset();
+  EXPECT_TRUE(parent.descendants().empty()) << parent.descendants().size() << " left";
+  ASSERT_EQ(chdir(saved), 0);
+  std::free(saved);
 }
 
 }  // namespace

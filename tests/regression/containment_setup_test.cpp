@@ -222,4 +222,77 @@ TEST(ContainmentSetup, CgroupTheChildMayNotEnterIsASpawnErrorNamingIt) {
   EXPECT_TRUE(parent.descendants().empty());
 }
 
+// Without /proc the backend cannot read its start time; its directory must
+// still carry a name a later backend recognises, so that what a crashed host
+// left is cleaned.
+TEST(ContainmentSetup, DirectoryOfABackendMadeWithoutProcIsCleanedAfterItsHostDied) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  RUN_IN_HOST(Ms(20000), [&] {
+    if (unshare(CLONE_NEWNS) != 0) HOST_SKIP() << "unshare(CLONE_NEWNS): " << std::strerror(errno);
+    HOST_ASSERT(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0) << std::strerror(errno);
+    HOST_ASSERT(mount("none", "/proc", "tmpfs", 0, "size=16k") == 0) << std::strerror(errno);
+    LocalProcessOptions options = short_options();
+    options.cgroup_parent = parent.path();
+    auto sink = std::make_shared<RecordingSink>();
+    CancellationToken token;
+    auto backend = create_backend(token, sink, options);
+    auto made = subdirectories(parent.path());
+    HOST_ASSERT(made.size() == 1);
+    HOST_CHECK(made[0] == "modkit-" + std::to_string(getpid()) + "-0-1") << made[0];
+    // The host "crashes": nothing is torn down, and the lock dies with the
+    // host process when the scenario ends.
+    (void)backend.release();
+  });
+  auto sink = std::make_shared<RecordingSink>();
+  LocalProcessOptions options = short_options();
+  options.cgroup_parent = parent.path();
+  {
+    auto later = LocalProcessBackend::create(CancellationToken(), sink, options);
+    ASSERT_TRUE(later) << later.error();
+    EXPECT_EQ(subdirectories(parent.path()).size(), 1u) << "only the later backend's own directory";
+  }
+  EXPECT_TRUE(parent.descendants().empty());
+}
+
+// With SIGCHLD ignored the kernel reaps the module itself; what it left in
+// its cgroup must still get the graceful step of a stop, not just the kill.
+TEST(ContainmentSetup, RemnantsOfAChildReapedBySigchldIgnoredStillGetTheGracefulStep) {
+  TestCgroupParent parent;
+  if (!parent) GTEST_SKIP() << "needs root and a cgroup v2 hierarchy";
+  char directory_template[] = "/tmp/modkit-remnant-XXXXXX";
+  ASSERT_NE(mkdtemp(directory_template), nullptr);
+  std::string marks = directory_template;
+  RUN_IN_HOST(Ms(20000), [&] {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    HOST_ASSERT(sigaction(SIGCHLD, &ignore, nullptr) == 0);
+    LocalProcessOptions options = short_options();
+    options.cgroup_parent = parent.path();
+    options.stop_grace = Ms(3000);
+    auto sink = std::make_shared<RecordingSink>();
+    CancellationToken token;
+    auto backend = create_backend(token, sink, options);
+    OopModuleConfig config("remnant", BackendKind::LocalProcess);
+    config.binary = "/bin/sh";
+    config.env["MARKS"] = marks;
+    config.args = {"-c",
+                   "setsid sh -c 'trap \"echo term > $MARKS/got; exit 0\" TERM; echo up > $MARKS/up; "
+                   "while :; do sleep 0.05; done' </dev/null >/dev/null 2>&1 & exit 0"};
+    auto handle = backend->spawn_instance(config);
+    HOST_ASSERT(handle) << handle.error();
+    HOST_ASSERT(wait_until([&] { return access((marks + "/up").c_str(), F_OK) == 0; }, Ms(5000)));
+    auto start = Clock::now();
+    auto stopped = backend->stop_instance(*handle);
+    double took = seconds_between(start, Clock::now());
+    HOST_ASSERT(stopped) << stopped.error();
+    HOST_CHECK(read_text_file(marks + "/got") == "term\n") << "the remnant was killed without its SIGTERM";
+    HOST_CHECK(took < 2.0) << "the remnant obeyed SIGTERM at once, yet the stop took " << took << " s";
+  });
+  unlink((marks + "/up").c_str());
+  unlink((marks + "/got").c_str());
+  rmdir(marks.c_str());
+  EXPECT_TRUE(parent.descendants().empty());
+}
+
 #endif  // !_WIN32

@@ -399,5 +399,18 @@ TEST(InstanceLifecycleContained, KillAtTheDeadlineEndsTheWholeGroupWithTheChild)
   EXPECT_EQ(m.process.count("kill"), 2) << "no separate kill of the rest: it went with the child";
 }
 
+TEST(InstanceLifecycleContained, EmptiedGroupWhoseNoticeWasLostIsFoundAtTheNextTick) {
+  Machine m;
+  m.process.members = 1;
+  m.exits(exited(0), 0ms);
+  m.lifecycle.stream_closed(0, m.at(1ms));
+  m.lifecycle.stream_closed(1, m.at(1ms));
+  m.process.members = 0;  // emptied, but no contents_changed arrives
+  auto effects = m.lifecycle.tick(m.at(100ms));
+  EXPECT_TRUE(effects.finished);
+  EXPECT_EQ(m.process.count("kill"), 0) << "nothing was left to kill";
+  EXPECT_FALSE(mentions(effects, "still running"));
+}
+
 }  // namespace
 }  // namespace modkit::core
