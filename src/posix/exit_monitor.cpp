@@ -72,17 +72,6 @@ class PidfdExitMonitor final : public ExitMonitor {
     if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->fd, &event) != 0) {
       return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
     }
-    if (entry->contents_fd >= 0) {
-      // cgroup.events signals a change with EPOLLPRI, and stays "ready"
-      // until read: edge-triggered, so an unread change cannot spin us.
-      epoll_event contents{};
-      contents.events = EPOLLPRI | EPOLLET;
-      contents.data.ptr = tagged(&process);
-      if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->contents_fd, &contents) != 0) {
-        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry->fd, nullptr);
-        return Error{last_error(), "cannot watch the child's group: epoll_ctl failed"};
-      }
-    }
     watched_[&process] = std::move(entry);
     return {};
   }
@@ -92,7 +81,7 @@ class PidfdExitMonitor final : public ExitMonitor {
     auto it = watched_.find(&process);
     if (it != watched_.end()) {
       if (!it->second->exited) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
-      if (it->second->contents_fd >= 0) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->contents_fd, nullptr);
+      if (it->second->contents_armed) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->contents_fd, nullptr);
       watched_.erase(it);
     }
     // A callback already taken out runs without the lock: wait until it is
@@ -118,6 +107,7 @@ class PidfdExitMonitor final : public ExitMonitor {
     int fd = -1;
     UniqueFd owned;  // only when the process had no pidfd of its own
     int contents_fd = -1;
+    bool contents_armed = false;  // contents_fd is in the epoll set
     pid_t pid = 0;
     bool exited = false;  // on_exit has been taken; the entry stays for on_contents
     Callback on_exit, on_contents;
@@ -159,9 +149,37 @@ class PidfdExitMonitor final : public ExitMonitor {
       firing_ = process;
     }
     (*callback)();
-    std::lock_guard<std::mutex> lock(mutex_);
-    firing_ = nullptr;
-    idle_.notify_all();
+    bool emptied = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      firing_ = nullptr;
+      idle_.notify_all();
+      if (exit) emptied = arm_contents_locked(process);
+    }
+    if (emptied) fire(process, false);  // emptied between the callback's look and ours
+  }
+
+  // The group is watched only from the exit on, and only if the exit left
+  // something in it: before, its changes mean nothing to the lifecycle, and
+  // most children are the last of their group to go. cgroup.events signals a
+  // change with EPOLLPRI and stays "ready" until read: edge-triggered, so an
+  // unread change cannot spin us; a change since the last read (one that
+  // raced with this) is reported at once when added.
+  // Returns true when the group is empty already (nothing to watch: the
+  // caller reports it instead).
+  bool arm_contents_locked(Process* process) {
+    auto it = watched_.find(process);
+    if (it == watched_.end()) return false;  // unwatched from its callback: finished
+    Entry& entry = *it->second;
+    if (entry.contents_fd < 0 || entry.contents_armed) return false;
+    if (process->contents_empty()) return true;
+    epoll_event contents{};
+    contents.events = EPOLLPRI | EPOLLET;
+    contents.data.ptr = tagged(process);
+    // Fails only short of memory: the lifecycle's drain deadline then ends
+    // the instance instead of the notice.
+    entry.contents_armed = epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry.contents_fd, &contents) == 0;
+    return false;
   }
 
   void run() {
