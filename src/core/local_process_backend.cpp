@@ -360,6 +360,16 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
     abandon_unregistered(instance);
     return cancelled_error(config.name);
   }
+  // Queued before the exit can be seen, so that the exit report (queued by
+  // whoever sees it) never comes before it.
+  std::string text = "spawned pid " + std::to_string(instance->process->pid()) + ": " + request->binary;
+  if (options_.log_arguments) {
+    for (const auto& arg : request->args) text += ' ' + arg;
+  } else {
+    text += " (" + std::to_string(request->args.size()) + " argument(s))";
+  }
+  queue_record(instance, LogLevel::Info, std::move(text));
+
   std::weak_ptr<Instance> weak_instance = instance;
   std::weak_ptr<Impl> weak_self = shared_from_this();
   auto watched = monitor_->watch(
@@ -386,13 +396,6 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
     return error;
   }
 
-  std::string text = "spawned pid " + std::to_string(instance->process->pid()) + ": " + request->binary;
-  if (options_.log_arguments) {
-    for (const auto& arg : request->args) text += ' ' + arg;
-  } else {
-    text += " (" + std::to_string(request->args.size()) + " argument(s))";
-  }
-  queue_record(instance, LogLevel::Info, std::move(text));
   return instance->handle;
 }
 

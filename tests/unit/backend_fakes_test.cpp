@@ -144,10 +144,19 @@ class FakeProcess final : public platform::Process {
 class FakeMonitor final : public platform::ExitMonitor {
  public:
   Result<void> watch(platform::Process& process, std::function<void()> on_exit, std::function<void()>) override {
+    if (exit_during_watch) {
+      // A child that exits at once: its exit is seen (and its report
+      // delivered) before watch() has even returned to spawn_instance.
+      std::this_thread::sleep_for(50ms);  // its readers reach the end of its output
+      on_exit();
+      std::this_thread::sleep_for(50ms);  // the supervisor reports it
+      return {};
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     callbacks_[process.pid()] = std::move(on_exit);
     return {};
   }
+  std::atomic<bool> exit_during_watch{false};
   void unwatch(platform::Process& process) override {
     std::lock_guard<std::mutex> lock(mutex_);
     callbacks_.erase(process.pid());
@@ -421,6 +430,26 @@ TEST(BackendOnFakes, FailedSpawnDoesNotWaitForAReaderInsideTheSink) {
   EXPECT_FALSE(*spawned);
   world.children[0]->close_output();
   backend->reset();
+}
+
+TEST(BackendOnFakes, SpawnedRecordComesBeforeTheExitOfAChildThatExitsAtOnce) {
+  World world;
+  auto sink = std::make_shared<CollectingSink>();
+  auto backend = make_backend(world.services(), CancellationToken(), sink, fast_options());
+  ASSERT_TRUE(backend) << backend.error().message;
+  world.next_child->exit = ExitStatus{ExitStatus::Kind::Exited, 0, false};
+  world.next_child->close_output();
+  world.monitor->exit_during_watch = true;
+  auto handle = (*backend)->spawn_instance(config("instant"));
+  ASSERT_TRUE(handle) << handle.error().message;
+  ASSERT_TRUE(sink->wait_for([&](const StoredRecord& r) { return r.line.rfind("exited with code", 0) == 0; }, 5s));
+  ASSERT_TRUE(sink->wait_for([&](const StoredRecord& r) { return r.line.rfind("spawned pid", 0) == 0; }, 5s));
+  std::vector<std::string> library;
+  for (const auto& record : sink->records()) {
+    if (record.stream == LogStream::Library && record.instance_id == handle->instance_id) library.push_back(record.line);
+  }
+  ASSERT_GE(library.size(), 2u);
+  EXPECT_EQ(library.front().rfind("spawned pid", 0), 0u) << ::testing::PrintToString(library);
 }
 
 }  // namespace
