@@ -239,15 +239,29 @@ bool CgroupCell::remove() {
   return removed_;
 }
 
-bool remove_cgroup_tree(const std::string& path) {
-  // Cgroups a module made inside its own go first, deepest first.
+bool remove_cgroup_tree(const std::string& path, bool descend) {
   UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
-  if (directory) {
+  if (!directory) return errno == ENOENT;
+  // A removed cgroup goes offline a moment later (the kernel finishes it in
+  // a work item), and until then its parent refuses rmdir with EBUSY as if
+  // it still had children. So: cgroups a module made inside its own first,
+  // deepest first, then this one, again for a few milliseconds while only
+  // such dying children stand in the way (never while a process is there).
+  for (int attempt = 0;; ++attempt) {
     int budget = kMaxCgroupsWalked;
-    for_each_below(directory.get(), 1, budget,
-                   [](int parent, const char* name, int) { unlinkat(parent, name, AT_REMOVEDIR); });
+    if (descend) {
+      for_each_below(directory.get(), 1, budget,
+                     [](int parent, const char* name, int) { unlinkat(parent, name, AT_REMOVEDIR); });
+    }
+    if (rmdir(path.c_str()) == 0 || errno == ENOENT) return true;
+    int error = errno;
+    if (error != EBUSY || attempt >= 50 ||
+        read_control(directory.get(), "cgroup.events").find("populated 1") != std::string::npos) {
+      errno = error;
+      return false;
+    }
+    usleep(1000);
   }
-  return rmdir(path.c_str()) == 0 || errno == ENOENT;
 }
 
 bool cgroup_populated(const std::string& path) {

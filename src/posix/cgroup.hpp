@@ -83,9 +83,11 @@ class CgroupCell {
 constexpr int kMaxCgroupDepth = 16;
 constexpr int kMaxCgroupsWalked = 65536;
 
-/// Removes the cgroup at `path` and every cgroup below it, deepest first;
-/// true once `path` is gone. Populated ones refuse (EBUSY) and stay.
-bool remove_cgroup_tree(const std::string& path);
+/// Removes the cgroup at `path` and (with `descend`) every cgroup below it,
+/// deepest first; true once `path` is gone. Populated ones refuse (EBUSY)
+/// and stay. Retries for a few milliseconds while only just-removed children
+/// (still going offline in the kernel) stand in the way.
+bool remove_cgroup_tree(const std::string& path, bool descend = true);
 /// Whether the cgroup at `path` (or one below it) holds a live process.
 bool cgroup_populated(const std::string& path);
 /// How many processes the cgroup at `path` and those below it hold.

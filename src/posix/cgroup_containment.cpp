@@ -138,7 +138,7 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
       }
       closedir(cells);
     }
-    if (rmdir(directory.c_str()) == 0) ++removed;
+    if (remove_cgroup_tree(directory, false)) ++removed;  // not into the populated cells left above
   }
   closedir(listing);
   if (removed > 0) {
@@ -196,7 +196,7 @@ Error containment_error(std::error_code code, const std::string& text) { return 
 void CgroupContainment::release() {
   // EBUSY: a cell could not be emptied. The lock goes with the backend, so a
   // later backend's remove_stale finishes the job.
-  if (!directory_.empty()) rmdir(directory_.c_str());
+  if (!directory_.empty()) remove_cgroup_tree(directory_);  // its cells are gone, or hold processes (then it stays)
 }
 
 std::string own_cgroup_directory() {
