@@ -68,6 +68,10 @@ std::vector<pid_t> parse_pids(const std::string& text) {
 template <typename Visit>
 void for_each_below(int directory, int depth, int& budget, const Visit& visit) {
   if (depth > kMaxCgroupDepth) return;
+  // kernfs counts a directory's subdirectories in its link count (2 + n):
+  // a cgroup without children, the usual case, needs no listing.
+  struct stat status;
+  if (fstat(directory, &status) == 0 && status.st_nlink <= 2) return;
   int listing_fd = openat(directory, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (listing_fd < 0) return;
   DIR* listing = fdopendir(listing_fd);
