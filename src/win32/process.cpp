@@ -32,8 +32,12 @@ using win32::UniqueHandle;
 
 // --- Errors ------------------------------------------------------------------
 
-Error spawn_error(const SpawnRequest& request, const std::string& what, DWORD error) {
-  return Error{win32::win32_error(error), "module '" + request.module + "': " + what + ": " + win32::system_message(error)};
+Error spawn_error(const SpawnRequest& request, const std::string& what, DWORD error, const std::string& path = {}) {
+  // Messages are fetched with FORMAT_MESSAGE_IGNORE_INSERTS, so error 193
+  // reads "%1 is not a valid Win32 application": the path goes in its place.
+  std::string text = win32::system_message(error);
+  for (std::size_t at; (at = text.find("%1")) != std::string::npos;) text.replace(at, 2, path.empty() ? "the program" : "'" + path + "'");
+  return Error{win32::win32_error(error), "module '" + request.module + "': " + what + ": " + text};
 }
 
 Error invalid_text(const SpawnRequest& request, const std::string& what) {
@@ -98,6 +102,30 @@ std::vector<std::wstring> split_list(std::wstring_view list) {
   return parts;
 }
 
+// Of PATHEXT's extensions, the ones CreateProcessW can start (.COM, .EXE)
+// and batch files (.BAT, .CMD: found so that the batch refusal applies). Real
+// PATHEXT also lists .VBS, .JS, .WSF, .MSC and often .PY: a d1\tool.js ahead
+// of d2\tool.exe on PATH must not end the search with "Bad EXE format".
+// Rust's std narrows its search the same way.
+std::vector<std::wstring> runnable_extensions(const std::vector<std::wstring>& listed) {
+  std::vector<std::wstring> runnable;
+  for (const auto& extension : listed) {
+    std::wstring upper;
+    for (wchar_t c : extension) upper += (c >= L'a' && c <= L'z') ? static_cast<wchar_t>(c - L'a' + L'A') : c;
+    if (upper == L".COM" || upper == L".EXE" || upper == L".BAT" || upper == L".CMD") runnable.push_back(extension);
+  }
+  if (runnable.empty()) runnable = {L".COM", L".EXE", L".BAT", L".CMD"};
+  return runnable;
+}
+
+// "C:\x", "C:/x", "\\server\share", "\\?\C:\x": a PATH entry that does not
+// depend on the current directory. ".", "bin" or "\bin" (the current drive)
+// would bring back the current-directory hijack the search otherwise avoids.
+bool is_absolute(std::wstring_view path) {
+  if (path.size() >= 3 && path[1] == L':' && (path[2] == L'\\' || path[2] == L'/')) return true;
+  return path.size() >= 2 && (path[0] == L'\\' || path[0] == L'/') && (path[1] == L'\\' || path[1] == L'/');
+}
+
 // The file `base` names: itself if it has an extension, else with each
 // PATHEXT extension in turn (then itself, for a path with a directory).
 std::optional<std::wstring> find_candidate(const std::wstring& base, const std::vector<std::wstring>& extensions,
@@ -123,11 +151,21 @@ Result<std::wstring> resolve_binary(const SpawnRequest& request, const std::wstr
   } else {
     pathext = host_variable(L"PATHEXT");
   }
-  std::vector<std::wstring> extensions = split_list(pathext ? *pathext : L".COM;.EXE;.BAT;.CMD");
+  std::vector<std::wstring> extensions = runnable_extensions(split_list(pathext ? *pathext : L".COM;.EXE;.BAT;.CMD"));
 
   if (has_directory(binary)) {
-    if (auto found = find_candidate(binary, extensions, true)) return *found;
-    return binary;  // CreateProcessW reports what is wrong with it
+    // A relative path is relative to the working directory the child gets,
+    // as on POSIX (chdir, then execve), not to the host's.
+    std::wstring located = binary;
+    if (!is_absolute(binary) && binary[0] != L'\\' && binary[0] != L'/' && request.working_directory) {
+      if (auto directory = win32::widen(*request.working_directory)) {
+        located = *directory;
+        if (located.back() != L'\\' && located.back() != L'/') located += L'\\';
+        located += binary;
+      }
+    }
+    if (auto found = find_candidate(located, extensions, true)) return *found;
+    return located;  // CreateProcessW reports what is wrong with it
   }
   std::optional<std::wstring> search;
   if (auto value = win32::find_environment_value(environment, u"PATH", compare_names_windows)) {
@@ -136,6 +174,7 @@ Result<std::wstring> resolve_binary(const SpawnRequest& request, const std::wstr
     search = host_variable(L"PATH");
   }
   for (const auto& directory : split_list(search ? *search : L"")) {
+    if (!is_absolute(directory)) continue;
     std::wstring base = directory;
     if (base.back() != L'\\' && base.back() != L'/') base += L'\\';
     base += binary;
@@ -478,7 +517,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     if (attributes_of_path != INVALID_FILE_ATTRIBUTES && (attributes_of_path & FILE_ATTRIBUTE_DIRECTORY) != 0) {
       what += " (it is a directory)";
     }
-    return spawn_error(request, what, create_error);
+    return spawn_error(request, what, create_error, path_text);
   }
 
   UniqueHandle job(CreateJobObjectW(nullptr, nullptr));

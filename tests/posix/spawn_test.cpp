@@ -291,6 +291,24 @@ TEST(Spawn, WorkingDirectoryIsUsed) {
   EXPECT_EQ(run.out, (std::vector<std::string>{std::string("cwd ") + resolved}));
 }
 
+// A program path with a directory but not absolute is relative to the
+// working directory the child gets (the Windows backend does the same).
+TEST(Spawn, RelativeProgramPathIsResolvedInTheWorkingDirectory) {
+  TempDir dir;
+  std::string sub = dir.path + "/sub";
+  ASSERT_EQ(mkdir(sub.c_str(), 0755), 0);
+  std::string link = sub + "/tool";
+  ASSERT_EQ(symlink(test_child_path().c_str(), link.c_str()), 0);
+  Fixture f;
+  OopModuleConfig config = child_config("relative", {"say", "from the working directory"});
+  config.binary = "sub/tool";
+  config.working_directory = dir.path;
+  ChildRun run = run_to_end(f, config);
+  unlink(link.c_str());
+  rmdir(sub.c_str());
+  EXPECT_EQ(run.out, (std::vector<std::string>{"from the working directory"}));
+}
+
 TEST(Spawn, WithoutWorkingDirectoryTheHostsIsUsed) {
   char here[PATH_MAX];
   ASSERT_NE(getcwd(here, sizeof here), nullptr);

@@ -71,6 +71,66 @@ TEST(Win32Spawn, BareNameIsFoundOnPathWithPathext) {
   EXPECT_EQ(run.out, std::vector<std::string>{"found"});
 }
 
+// Issue 13.1: PATHEXT lists extensions CreateProcessW cannot start (.JS,
+// .VBS, ...); a script earlier on PATH must not hide the program later on it.
+TEST(Win32Spawn, LookupSkipsFilesWindowsCannotRun) {
+  wintest::TempDir first, second;
+  first.write("tool.js", "WScript.Echo('not a program');\r\n");
+  second.copy(test_child_path(), "tool.exe");
+  WinFixture f;
+  OopModuleConfig config = child_config("lookup", {"say", "the exe ran"});
+  config.binary = "tool";
+  config.env["PATH"] = first.path() + ";" + second.path();
+  config.env["PATHEXT"] = ".COM;.JS;.VBS;.EXE;.BAT;.CMD";
+  auto run = wintest::run_child(f, config);
+  EXPECT_EQ(run.out, std::vector<std::string>{"the exe ran"});
+}
+
+// Issue 13.7: a relative PATH entry ("." or "bin") would search the current
+// directory, the hijack the lookup otherwise avoids.
+TEST(Win32Spawn, RelativePathEntriesAreNotSearched) {
+  wintest::TempDir dir;
+  dir.copy(test_child_path(), "hijack.exe");
+  wchar_t saved[MAX_PATH];
+  GetCurrentDirectoryW(MAX_PATH, saved);
+  ASSERT_TRUE(SetCurrentDirectoryW(wintest::widen(dir.path()).c_str()));
+  WinFixture f;
+  OopModuleConfig config = child_config("lookup", {"say", "hijacked"});
+  config.binary = "hijack";
+  config.env["PATH"] = ".;bin";
+  auto result = f.backend->spawn_instance(config);
+  SetCurrentDirectoryW(saved);
+  ASSERT_FALSE(result) << "a program in the current directory ran through PATH entry '.'";
+  EXPECT_NE(result.error().message.find("not found on PATH"), std::string::npos) << result.error().message;
+}
+
+// Issue 13.2: "sub\\tool.exe" is relative to the working directory the
+// child gets, as on POSIX, not to the host's current directory.
+TEST(Win32Spawn, RelativeProgramPathIsResolvedInTheWorkingDirectory) {
+  wintest::TempDir dir;
+  dir.mkdir("sub");
+  dir.copy(test_child_path(), "sub\\tool.exe");
+  WinFixture f;
+  OopModuleConfig config = child_config("relative", {"say", "from the working directory"});
+  config.binary = "sub\\tool.exe";
+  config.working_directory = dir.path();
+  auto run = wintest::run_child(f, config);
+  EXPECT_EQ(run.out, std::vector<std::string>{"from the working directory"});
+}
+
+// Issue 13.9: error 193's text is "%1 is not a valid Win32 application";
+// the path goes in place of the literal %1.
+TEST(Win32Spawn, SystemTextNamesThePathInsteadOfPercentOne) {
+  wintest::TempDir dir;
+  std::string fake = dir.write("fake.exe", "this is not a program\r\n");
+  WinFixture f;
+  OopModuleConfig config = child_config("fake", {});
+  config.binary = fake;
+  auto result = f.backend->spawn_instance(config);
+  ASSERT_FALSE(result);
+  EXPECT_EQ(result.error().message.find("%1"), std::string::npos) << result.error().message;
+}
+
 TEST(Win32Spawn, BareNameNotOnPathIsAClearError) {
   WinFixture f;
   OopModuleConfig config = child_config("lookup", {});
