@@ -230,6 +230,9 @@ struct OopModuleConfig {
   /// Windows only: allow .bat/.cmd targets, whose arguments cmd.exe re-parses
   /// (the "BatBadBut" injection class). Off by default.
   bool allow_batch_files = false;
+  /// Windows only: show the module's windows (SW_SHOWDEFAULT). By default a
+  /// module starts with SW_HIDE, so a GUI program pops nothing up on the host.
+  bool show_window = false;
 };
 
 /// A running (or once running) instance. Printable with every field.

@@ -49,6 +49,7 @@ Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
   request.working_directory = config.working_directory;
   request.graceful_stop = config.graceful_stop;
   request.allow_batch_files = config.allow_batch_files;
+  request.show_window = config.show_window;
   return request;
 }
 

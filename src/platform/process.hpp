@@ -27,6 +27,7 @@ struct SpawnRequest {
   std::optional<std::string> working_directory;
   GracefulStop graceful_stop = GracefulStop::Signal;
   bool allow_batch_files = false;
+  bool show_window = false;  // Windows
   /// Where the child's group is made (nullptr or inactive: none), and the
   /// name it gets there.
   Containment* containment = nullptr;

@@ -492,7 +492,10 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
 
   STARTUPINFOEXW startup{};
   startup.StartupInfo.cb = sizeof startup;
-  startup.StartupInfo.dwFlags = STARTF_USESTDHANDLES;
+  // Hidden unless asked: a GUI module (or a console one that opens a window)
+  // must not pop up on the host's desktop (as libuv and Rust's std do).
+  startup.StartupInfo.dwFlags = STARTF_USESTDHANDLES | STARTF_USESHOWWINDOW;
+  startup.StartupInfo.wShowWindow = request.show_window ? SW_SHOWDEFAULT : SW_HIDE;
   startup.StartupInfo.hStdInput = inherited[0];
   startup.StartupInfo.hStdOutput = inherited[1];
   startup.StartupInfo.hStdError = inherited[2];
@@ -526,7 +529,12 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     job_error = GetLastError();
   } else {
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION limits{};
-    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    // DIE_ON_UNHANDLED_EXCEPTION: a crashing module ends at once instead of
+    // waiting in Windows Error Reporting's dialog (Microsoft's
+    // JOBOBJECT_BASIC_LIMIT_INFORMATION: it forces SEM_NOGPFAULTERRORBOX on
+    // every process of the job). Wine does not show that dialog.
+    limits.BasicLimitInformation.LimitFlags =
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
     if (!SetInformationJobObject(job.get(), JobObjectExtendedLimitInformation, &limits, sizeof limits) ||
         !AssignProcessToJobObject(job.get(), info.hProcess)) {
       job_error = GetLastError();

@@ -308,6 +308,14 @@ int main(int argc, char** argv) {
       }
     } else if (command == "pid") {
       out(1, "pid " + std::to_string(GetCurrentProcessId()) + "\n");
+    } else if (command == "show-window") {  // "show USESHOWWINDOW wShowWindow" from the STARTUPINFO it got
+      STARTUPINFOW info{};
+      info.cb = sizeof info;
+      GetStartupInfoW(&info);
+      out(1, "show " + std::to_string((info.dwFlags & STARTF_USESHOWWINDOW) ? 1 : 0) + " " +
+                 std::to_string(info.wShowWindow) + "\n");
+    } else if (command == "error-mode") {  // "error-mode N": GetErrorMode()
+      out(1, "error-mode " + std::to_string(GetErrorMode()) + "\n");
     } else if (command == "ignore-term") {  // Windows: ignore CTRL_BREAK (the text is the POSIX one)
       SetConsoleCtrlHandler(ignore_console_events, TRUE);
       out(1, "ignoring SIGTERM\n");

@@ -57,6 +57,29 @@ std::string first_line_starting(const CollectingSink& sink, const std::string& i
 
 }  // namespace
 
+// Issue 13.11: a module starts hidden (SW_HIDE) unless the config asks.
+TEST(Win32Spawn, ModulesStartHiddenUnlessAskedToShow) {
+  WinFixture f;
+  auto hidden = wintest::run_child(f, child_config("hidden", {"show-window"}));
+  EXPECT_EQ(hidden.out, std::vector<std::string>{"show 1 " + std::to_string(SW_HIDE)});
+  OopModuleConfig config = child_config("shown", {"show-window"});
+  config.show_window = true;
+  auto shown = wintest::run_child(f, config);
+  EXPECT_EQ(shown.out, std::vector<std::string>{"show 1 " + std::to_string(SW_SHOWDEFAULT)});
+}
+
+// Issue 13.3, as far as Wine goes: the Job forces SEM_NOGPFAULTERRORBOX on
+// its processes (JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION). The dialog
+// itself exists only on real Windows.
+TEST(Win32Job, ModulesRunWithoutTheGpFaultErrorBox) {
+  WinFixture f;
+  auto run = wintest::run_child(f, child_config("error-mode", {"sleep", "0.2", "error-mode"}));
+  ASSERT_EQ(run.out.size(), 1u);
+  unsigned long mode = std::stoul(run.out[0].substr(std::string("error-mode ").size()));
+  if ((mode & SEM_NOGPFAULTERRORBOX) == 0) GTEST_SKIP() << "this Wine does not apply the job's error mode (" << mode << ")";
+  EXPECT_NE(mode & SEM_NOGPFAULTERRORBOX, 0u);
+}
+
 // --- Finding the program, and the errors -------------------------------------
 
 TEST(Win32Spawn, BareNameIsFoundOnPathWithPathext) {
