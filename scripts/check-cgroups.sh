@@ -9,8 +9,9 @@ set -uo pipefail
 status=0
 for mount in /sys/fs/cgroup/unified /sys/fs/cgroup; do
   [[ -f $mount/cgroup.procs && -f $mount/cgroup.subtree_control ]] || continue
+  # -prune: a leaked test parent is reported once, with what is inside it.
   mapfile -t leaked < <(find "$mount" -mindepth 1 -type d -regextype posix-extended \
-    -regex '.*/modkit-([0-9]+-[0-9]+-[0-9]+|test-[0-9]+-[0-9]+)' 2>/dev/null)
+    -regex '.*/modkit-([0-9]+-[0-9]+-[0-9]+|test-[0-9]+-[0-9]+)' -prune -print 2>/dev/null)
   for directory in "${leaked[@]}"; do
     status=1
     echo "check-cgroups: left behind: $directory ($(find "$directory" -mindepth 1 -type d | wc -l) below," \

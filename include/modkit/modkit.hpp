@@ -227,8 +227,11 @@ struct OopModuleConfig {
   /// the child; on Windows SYSTEMROOT is still passed, as programs need it).
   bool clear_environment = false;
   GracefulStop graceful_stop = GracefulStop::Signal;
-  /// Windows only: allow .bat/.cmd targets, whose arguments cmd.exe re-parses
-  /// (the "BatBadBut" injection class). Off by default.
+  /// Windows only: allow .bat/.cmd targets. They run through the system's
+  /// cmd.exe with every argument escaped for its parsing too (quoted, '"'
+  /// doubled, '%' neutralised, the rules Rust adopted after "BatBadBut");
+  /// an argument with CR, LF or NUL is refused (invalid_argument). Off by
+  /// default: cmd.exe's parsing is best not relied on at all.
   bool allow_batch_files = false;
   /// Windows only: show the module's windows (SW_SHOWDEFAULT). By default a
   /// module starts with SW_HIDE, so a GUI program pops nothing up on the host.

@@ -129,4 +129,76 @@ std::vector<std::string> parse_command_line(std::string_view line) {
   return result;
 }
 
+namespace {
+
+bool is_safe_unquoted_for_cmd(unsigned char c) {
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  for (char safe : std::string_view("#$*+-./:?@\\_")) {
+    if (c == static_cast<unsigned char>(safe)) return true;
+  }
+  return c >= 0x80;  // UTF-8 bytes of non-ASCII text (its C1 controls are caught below)
+}
+
+// U+0080..U+009F in UTF-8 (C2 80..C2 9F): controls, quoted too.
+bool has_c1_control(std::string_view argument) {
+  for (std::size_t i = 0; i + 1 < argument.size(); ++i) {
+    if (static_cast<unsigned char>(argument[i]) == 0xC2 && static_cast<unsigned char>(argument[i + 1]) >= 0x80 &&
+        static_cast<unsigned char>(argument[i + 1]) <= 0x9F) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void append_batch_argument(std::string& out, std::string_view argument) {
+  bool quote = argument.empty() || argument.back() == '\\' || has_c1_control(argument);
+  for (char c : argument) quote = quote || !is_safe_unquoted_for_cmd(static_cast<unsigned char>(c));
+  if (quote) out.push_back('"');
+  std::size_t backslashes = 0;
+  for (char c : argument) {
+    if (c == '\\') {
+      ++backslashes;
+    } else {
+      if (c == '"') {
+        out.append(backslashes, '\\');  // the run doubled, then "" (cmd's escaped quote)
+        out.push_back('"');
+      } else if (c == '%') {
+        out.append("%%cd:~,");  // with the '%' below: an empty slice of %cd%, expanded to nothing
+      }
+      backslashes = 0;
+    }
+    out.push_back(c);
+  }
+  if (quote) {
+    out.append(backslashes, '\\');
+    out.push_back('"');
+  }
+}
+
+}  // namespace
+
+bool build_batch_command_line(std::string_view script, const std::vector<std::string>& args, std::string& out,
+                              std::string& why) {
+  if (script.find('"') != std::string_view::npos || script.find('%') != std::string_view::npos ||
+      (!script.empty() && script.back() == '\\')) {
+    why = "its path contains '\"' or '%', or ends in '\\', which cmd.exe cannot be given safely";
+    return false;
+  }
+  for (const auto& argument : args) {
+    if (argument.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      why = "an argument contains a line break or NUL, which cmd.exe would cut the command at";
+      return false;
+    }
+  }
+  out = "cmd.exe /e:ON /v:OFF /d /c \"\"";
+  out.append(script.data(), script.size());
+  out.push_back('"');
+  for (const auto& argument : args) {
+    out.push_back(' ');
+    append_batch_argument(out, argument);
+  }
+  out.push_back('"');
+  return true;
+}
+
 }  // namespace modkit::win32

@@ -25,6 +25,19 @@ bool build_command_line(std::string_view program, const std::vector<std::string>
 /// ("x.bat. " opens "x.bat").
 bool is_batch_file(std::string_view path);
 
+/// The command line that runs batch file `script` with `args` through cmd.exe
+/// (`cmd.exe /e:ON /v:OFF /d /c ""script" args..."`), each argument escaped
+/// for cmd.exe's own parsing as well as the CRT's: quoted when it holds
+/// anything but letters, digits and #$*+-./:?@\_ (so &, |, <, >, ^, ( and )
+/// are inert), '"' doubled, '%' written as %%cd:~,% (an empty substring of
+/// %cd%, so no %VAR% can expand), a trailing backslash run doubled. The rules
+/// are those Rust's standard library adopted after "BatBadBut"
+/// (CVE-2024-24576). Returns false, with `why`, for what cannot be passed
+/// safely: a script path holding '"' or '%' or ending in '\', an argument
+/// holding CR, LF or NUL.
+bool build_batch_command_line(std::string_view script, const std::vector<std::string>& args, std::string& out,
+                              std::string& why);
+
 /// The reference parser: splits a command line the way the MSVC C runtime
 /// (2008 and later) and CommandLineToArgvW do for every command line that
 /// build_command_line produces. argv[0] by the program rules, then each

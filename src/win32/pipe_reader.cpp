@@ -3,6 +3,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdio>
+#include <vector>
 
 #include "platform/system.hpp"
 
@@ -50,6 +51,52 @@ std::ptrdiff_t Win32PipeReader::read(char* buffer, std::size_t size) {
 
 void Win32PipeReader::interrupt() { SetEvent(interrupt_->get()); }
 
+namespace {
+
+// A security descriptor whose DACL lets only this process's user open the
+// pipe. Pipe names can be listed (\\.\pipe\), so with the default DACL
+// another local user could connect in the instant between CreateNamedPipeW
+// and our own CreateFileW and take the single instance: spawns would fail,
+// or that user would hold the child's output. Built once; nullptr (the
+// default DACL) only if the token cannot be read.
+class OwnerOnlyPipeSecurity {
+ public:
+  static SECURITY_ATTRIBUTES* get() {
+    static OwnerOnlyPipeSecurity security;
+    return security.ready_ ? &security.attributes_ : nullptr;
+  }
+
+ private:
+  OwnerOnlyPipeSecurity() {
+    HANDLE token = nullptr;
+    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) return;
+    DWORD size = 0;
+    GetTokenInformation(token, TokenUser, nullptr, 0, &size);
+    user_.resize(size);
+    bool have_user = size > 0 && GetTokenInformation(token, TokenUser, user_.data(), size, &size);
+    CloseHandle(token);
+    if (!have_user) return;
+    PSID sid = reinterpret_cast<TOKEN_USER*>(user_.data())->User.Sid;
+    DWORD acl_size = sizeof(ACL) + sizeof(ACCESS_ALLOWED_ACE) + GetLengthSid(sid);
+    acl_.resize(acl_size);
+    auto* acl = reinterpret_cast<ACL*>(acl_.data());
+    ready_ = InitializeAcl(acl, acl_size, ACL_REVISION) && AddAccessAllowedAce(acl, ACL_REVISION, GENERIC_ALL, sid) &&
+             InitializeSecurityDescriptor(&descriptor_, SECURITY_DESCRIPTOR_REVISION) &&
+             SetSecurityDescriptorDacl(&descriptor_, TRUE, acl, FALSE);
+    attributes_.nLength = sizeof attributes_;
+    attributes_.lpSecurityDescriptor = &descriptor_;
+    attributes_.bInheritHandle = FALSE;
+  }
+
+  std::vector<unsigned char> user_;  // TOKEN_USER, which the SID points into
+  std::vector<unsigned char> acl_;
+  SECURITY_DESCRIPTOR descriptor_{};
+  SECURITY_ATTRIBUTES attributes_{};
+  bool ready_ = false;
+};
+
+}  // namespace
+
 DWORD make_overlapped_pipe(OverlappedPipe& pipe, bool inheritable_write) {
   static std::atomic<unsigned long> counter{0};
   unsigned char random[8] = {};
@@ -62,7 +109,7 @@ DWORD make_overlapped_pipe(OverlappedPipe& pipe, bool inheritable_write) {
   constexpr DWORD kBuffer = 64 * 1024;
   pipe.read_end.reset(CreateNamedPipeW(name, PIPE_ACCESS_INBOUND | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
                                        PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS, 1,
-                                       kBuffer, kBuffer, 0, nullptr));
+                                       kBuffer, kBuffer, 0, OwnerOnlyPipeSecurity::get()));
   if (!pipe.read_end) {
     pipe.read_end.release();
     return GetLastError();

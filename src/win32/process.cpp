@@ -427,20 +427,22 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                             "': cmd.exe re-parses its arguments, so they could inject commands "
                             "(set allow_batch_files to run it anyway)");
     }
-    // Opted in: run it through cmd.exe explicitly (/d: no AutoRun, /s /c: the
-    // outer quotes are stripped and the rest run as written). The arguments
-    // are quoted for the CRT, which is NOT safe against cmd.exe's own parsing
-    // (%VAR%, ^, &, |): that is the risk the caller accepted.
-    auto comspec = host_variable(L"ComSpec");
-    if (!comspec) {
-      wchar_t system_directory[MAX_PATH];
-      UINT length = GetSystemDirectoryW(system_directory, MAX_PATH);
-      comspec = std::wstring(system_directory, length) + L"\\cmd.exe";
+    // Opted in: run it through cmd.exe explicitly (/d: no AutoRun, /e:ON
+    // /v:OFF: no delayed expansion, /c with the whole line in quotes), every
+    // argument escaped for cmd.exe's parsing too (command_line.hpp). cmd.exe
+    // is the system directory's, not %ComSpec%'s: the environment must not
+    // choose the interpreter.
+    std::string why;
+    if (!win32::build_batch_command_line(path_text, request.args, command_line, why)) {
+      return make_error(std::errc::invalid_argument,
+                        "module '" + request.module + "': cannot run batch file '" + path_text + "': " + why);
     }
-    application = *comspec;
-    std::string inner;
-    win32::build_command_line(path_text, request.args, inner);
-    command_line = "cmd.exe /d /e:ON /v:OFF /s /c \"" + inner + "\"";
+    wchar_t system_directory[MAX_PATH];
+    UINT length = GetSystemDirectoryW(system_directory, MAX_PATH);
+    if (length == 0 || length >= MAX_PATH) {
+      return spawn_error(request, "cannot find cmd.exe for batch file '" + path_text + "'", GetLastError());
+    }
+    application = std::wstring(system_directory, length) + L"\\cmd.exe";
   }
   auto wide_command_line = win32::widen(command_line);
   if (!wide_command_line) return invalid_text(request, "an argument");

@@ -15,6 +15,8 @@
 #include <process.h>
 #include <windows.h>
 #include <shellapi.h>
+#include <aclapi.h>
+#include <sddl.h>
 
 #include <vector>
 #define write _write
@@ -314,6 +316,24 @@ int main(int argc, char** argv) {
       GetStartupInfoW(&info);
       out(1, "show " + std::to_string((info.dwFlags & STARTF_USESHOWWINDOW) ? 1 : 0) + " " +
                  std::to_string(info.wShowWindow) + "\n");
+    } else if (command == "stdout-dacl") {  // "dacl SDDL" of the pipe its stdout is
+      PACL dacl = nullptr;
+      PSECURITY_DESCRIPTOR descriptor = nullptr;
+      DWORD status = GetSecurityInfo(GetStdHandle(STD_OUTPUT_HANDLE), SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION,
+                                     nullptr, nullptr, &dacl, nullptr, &descriptor);
+      LPWSTR text = nullptr;
+      if (status == ERROR_SUCCESS &&
+          ConvertSecurityDescriptorToStringSecurityDescriptorW(descriptor, SDDL_REVISION_1, DACL_SECURITY_INFORMATION,
+                                                               &text, nullptr)) {
+        int size = WideCharToMultiByte(CP_UTF8, 0, text, -1, nullptr, 0, nullptr, nullptr);
+        std::string narrow(static_cast<std::size_t>(size > 0 ? size - 1 : 0), '\0');
+        WideCharToMultiByte(CP_UTF8, 0, text, -1, narrow.data(), size, nullptr, nullptr);
+        out(1, "dacl " + narrow + "\n");
+        LocalFree(text);
+      } else {
+        out(1, "dacl unavailable " + std::to_string(status) + "\n");
+      }
+      if (descriptor) LocalFree(descriptor);
     } else if (command == "error-mode") {  // "error-mode N": GetErrorMode()
       out(1, "error-mode " + std::to_string(GetErrorMode()) + "\n");
     } else if (command == "ignore-term") {  // Windows: ignore CTRL_BREAK (the text is the POSIX one)

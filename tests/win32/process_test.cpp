@@ -12,6 +12,7 @@
 #include "win32_test_support.hpp"
 
 #include <tlhelp32.h>
+#include <sddl.h>
 
 using namespace modkit;
 using namespace modkit::testing;
@@ -274,6 +275,23 @@ TEST(Win32Batch, BatchFilesAreRefusedByDefault) {
       << result.error().message;
 }
 
+// Issue 13.6: what cmd.exe cannot be given safely is refused before anything
+// runs. (The escaping itself is checked by the unit tests of
+// build_batch_command_line: Wine's cmd.exe does not parse like Windows' --
+// a quoted "x & echo pwned" runs the echo under Wine, escaped or not.)
+TEST(Win32Batch, LineBreakInABatchArgumentIsRefused) {
+  wintest::TempDir dir;
+  std::string bat = dir.write("args.bat", "@echo off\r\necho %~1\r\n");
+  WinFixture f;
+  OopModuleConfig broken = child_config("batch", {"line\nbreak"});
+  broken.binary = bat;
+  broken.allow_batch_files = true;
+  auto refused = f.backend->spawn_instance(broken);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, std::errc::invalid_argument) << refused.error();
+  EXPECT_NE(refused.error().message.find("line break"), std::string::npos) << refused.error();
+}
+
 TEST(Win32Batch, BatchFileRunsWhenAllowed) {
   wintest::TempDir dir;
   std::string bat = dir.write("hello.bat", "@echo off\r\necho batch says %~1\r\n");
@@ -503,6 +521,32 @@ TEST(Win32Handles, ConcurrentSpawnsDoNotLeakPipesIntoEachOther) {
 // PipeReader::interrupt unblocks a read that waits on a silent child (its
 // overlapped ReadFile is cancelled), for both readers of the child, and every
 // later read returns 0 at once.
+// Issue 13.5: the output pipes' DACL lets only this user open them, so
+// another local user cannot take the single pipe instance first.
+TEST(Win32Pipes, OutputPipesOpenOnlyToThisUser) {
+  HANDLE token = nullptr;
+  ASSERT_TRUE(OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token));
+  DWORD size = 0;
+  GetTokenInformation(token, TokenUser, nullptr, 0, &size);
+  std::vector<unsigned char> user(size);
+  ASSERT_TRUE(GetTokenInformation(token, TokenUser, user.data(), size, &size));
+  CloseHandle(token);
+  LPWSTR sid_text = nullptr;
+  ASSERT_TRUE(ConvertSidToStringSidW(reinterpret_cast<TOKEN_USER*>(user.data())->User.Sid, &sid_text));
+  std::string sid = wintest::narrow(sid_text);
+  LocalFree(sid_text);
+
+  WinFixture f;
+  auto run = wintest::run_child(f, child_config("dacl", {"stdout-dacl"}));
+  ASSERT_EQ(run.out.size(), 1u);
+  if (run.out[0].rfind("dacl unavailable", 0) == 0) GTEST_SKIP() << "no DACL to read here: " << run.out[0];
+  std::string sddl = run.out[0].substr(5);
+  std::size_t aces = 0;
+  for (std::size_t at = sddl.find("(A;"); at != std::string::npos; at = sddl.find("(A;", at + 1)) ++aces;
+  EXPECT_EQ(aces, 1u) << sddl;
+  EXPECT_NE(sddl.find(";;;" + sid + ")"), std::string::npos) << "the one ACE is not this user's (" << sid << "): " << sddl;
+}
+
 TEST(Win32Pipes, InterruptUnblocksBothReaders) {
   platform::SpawnRequest request;
   request.module = "silent";
