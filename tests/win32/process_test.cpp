@@ -358,6 +358,30 @@ TEST(Win32Stop, DefaultStdinIsTheNulDevice) {
   EXPECT_EQ(run.out, (std::vector<std::string>{"fd 0 -> char:", "stdin eof after 0 bytes"}));
 }
 
+// Issue 13.10: the backend's destructor is bounded on Windows as on POSIX
+// (G + K + 2D, the lifecycle of issue 8): modules that ignore CTRL_BREAK (and
+// a grandchild holding the pipes) are killed at the shared deadline, and the
+// destructor does not wait for anything longer.
+TEST(Win32Stop, DestructorIsBoundedWithStubbornModules) {
+  LocalProcessOptions options = Fixture::fast_options();
+  options.shutdown_grace = 500ms;
+  options.kill_timeout = 1000ms;
+  options.drain_timeout = 300ms;
+  auto f = std::make_unique<WinFixture>(options);
+  std::vector<unsigned long> pids;
+  for (int i = 0; i < 3; ++i) {
+    auto handle = f->backend->spawn_instance(child_config("stubborn", {"ignore-term", "grandchild", "30", "sleep", "30"}));
+    ASSERT_TRUE(handle) << handle.error();
+    ASSERT_TRUE(f->sink->wait_for_line(handle->instance_id, "ignoring SIGTERM"));
+    pids.push_back(static_cast<unsigned long>(*handle->pid));
+  }
+  auto start = Clock::now();
+  f->backend.reset();
+  double took = seconds_since(start);
+  EXPECT_LT(took, 0.5 + 1.0 + 2 * 0.3 + 1.0) << "the destructor outlived G + K + 2D (+1 s)";
+  for (unsigned long pid : pids) EXPECT_TRUE(process_ended(pid, 2000)) << "pid " << pid << " survived the destructor";
+}
+
 TEST(Win32Stop, NoGracefulStepKillsAtOnceAsSignaled9) {
   LocalProcessOptions options = Fixture::fast_options();
   options.stop_grace = 5000ms;
