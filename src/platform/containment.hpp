@@ -21,9 +21,6 @@ class Containment {
   virtual ~Containment() = default;
   /// True when spawn() puts each instance into a group of its own.
   virtual bool active() const = 0;
-  /// Where the groups are made, for messages ("cgroup /sys/fs/cgroup/x/modkit-..."), or why
-  /// there are none.
-  virtual std::string describe() const = 0;
   /// Removes the backend's own directory when every group in it is gone
   /// (backend teardown). Never blocks.
   virtual void release() = 0;

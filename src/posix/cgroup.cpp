@@ -15,6 +15,21 @@
 #include "posix/pidfd.hpp"
 
 namespace modkit::posix {
+
+std::string read_text(int directory, const char* path) {
+  UniqueFd fd(openat(directory, path, O_RDONLY | O_CLOEXEC));
+  std::string text;
+  if (!fd) return text;
+  char buffer[4096];
+  for (;;) {
+    ssize_t got = read(fd.get(), buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(got));
+  }
+  return text;
+}
+
 namespace {
 
 int send_through_pidfd(int pidfd, int signal_number) {
@@ -26,21 +41,6 @@ int send_through_pidfd(int pidfd, int signal_number) {
   errno = ENOSYS;
   return -1;
 #endif
-}
-
-// Reads a whole (small) control file from the start.
-std::string read_control(int directory, const char* file) {
-  UniqueFd fd(openat(directory, file, O_RDONLY | O_CLOEXEC));
-  std::string text;
-  if (!fd) return text;
-  char buffer[4096];
-  for (;;) {
-    ssize_t got = read(fd.get(), buffer, sizeof buffer);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    text.append(buffer, static_cast<std::size_t>(got));
-  }
-  return text;
 }
 
 std::vector<pid_t> parse_pids(const std::string& text) {
@@ -91,10 +91,10 @@ void for_each_below(int directory, int depth, int& budget, const Visit& visit) {
 
 // Every pid in the cgroup `directory` and in the cgroups below it.
 std::vector<pid_t> all_pids(int directory) {
-  std::vector<pid_t> pids = parse_pids(read_control(directory, "cgroup.procs"));
+  std::vector<pid_t> pids = parse_pids(read_text(directory, "cgroup.procs"));
   int budget = kMaxCgroupsWalked;
   for_each_below(directory, 1, budget, [&](int, const char*, int child) {
-    auto more = parse_pids(read_control(child, "cgroup.procs"));
+    auto more = parse_pids(read_text(child, "cgroup.procs"));
     pids.insert(pids.end(), more.begin(), more.end());
   });
   return pids;
@@ -260,7 +260,7 @@ bool remove_cgroup_tree(const std::string& path, bool descend) {
     if (rmdir(path.c_str()) == 0 || errno == ENOENT) return true;
     int error = errno;
     if (error != EBUSY || attempt >= 50 ||
-        read_control(directory.get(), "cgroup.events").find("populated 1") != std::string::npos) {
+        read_text(directory.get(), "cgroup.events").find("populated 1") != std::string::npos) {
       errno = error;
       return false;
     }
@@ -271,7 +271,7 @@ bool remove_cgroup_tree(const std::string& path, bool descend) {
 bool cgroup_populated(const std::string& path) {
   UniqueFd directory(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   if (!directory) return false;
-  return read_control(directory.get(), "cgroup.events").find("populated 1") != std::string::npos;
+  return read_text(directory.get(), "cgroup.events").find("populated 1") != std::string::npos;
 }
 
 std::int64_t cgroup_process_count(const std::string& path) {

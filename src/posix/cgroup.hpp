@@ -77,6 +77,11 @@ class CgroupCell {
   bool removed_ = false;
 };
 
+/// The whole of a small file (a cgroup control file, a /proc file), `path`
+/// relative to `directory` (or AT_FDCWD); empty, with errno set, when it
+/// cannot be opened.
+std::string read_text(int directory, const char* path);
+
 /// How deep a module may nest cgroups inside its own (the backend's
 /// directory sets cgroup.max.depth so), and how many of them the walks
 /// below visit.

@@ -24,19 +24,7 @@ namespace {
 #define CGROUP2_SUPER_MAGIC 0x63677270
 #endif
 
-std::string read_file(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  std::string text;
-  if (!fd) return text;
-  char buffer[4096];
-  for (;;) {
-    ssize_t got = read(fd.get(), buffer, sizeof buffer);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    text.append(buffer, static_cast<std::size_t>(got));
-  }
-  return text;
-}
+std::string read_file(const std::string& path) { return read_text(AT_FDCWD, path.c_str()); }
 
 std::vector<std::string_view> split(std::string_view text, char separator) {
   std::vector<std::string_view> parts;
@@ -189,8 +177,6 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
   return Error{code, "cannot create cgroup '" + directory + "': " + code.message()};
 }
 
-Error containment_error(std::error_code code, const std::string& text) { return Error{code, text}; }
-
 }  // namespace
 
 void CgroupContainment::release() {
@@ -246,10 +232,8 @@ namespace modkit::platform {
 Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions& options,
                                                        std::vector<std::string>& notes) {
   using posix::CgroupContainment;
-  auto inactive = [](std::string reason) -> std::unique_ptr<Containment> {
-    return std::make_unique<CgroupContainment>(std::string(), std::move(reason));
-  };
-  if (options.containment == modkit::Containment::Off) return inactive("containment is off");
+  auto inactive = [] { return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::string())); };
+  if (options.containment == modkit::Containment::Off) return inactive();
 
   std::string parent = options.cgroup_parent;
   bool explicit_parent = !parent.empty();
@@ -264,15 +248,15 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
       std::free(resolved);
     }
     if (resolved == nullptr || !posix::is_cgroup2_directory(parent)) {
-      return posix::containment_error(std::make_error_code(std::errc::invalid_argument),
-                                      "cgroup_parent '" + options.cgroup_parent +
-                                          "' is not a directory of a mounted cgroup v2 hierarchy");
+      return Error{std::make_error_code(std::errc::invalid_argument),
+                   "cgroup_parent '" + options.cgroup_parent +
+                                          "' is not a directory of a mounted cgroup v2 hierarchy"};
     }
     std::string type = posix::cgroup_type(parent);
     if (type != "domain") {
-      return posix::containment_error(std::make_error_code(std::errc::invalid_argument),
-                                      "cgroup_parent '" + options.cgroup_parent + "' is a '" + type +
-                                          "' cgroup: processes can only be put in cgroups below a 'domain' one");
+      return Error{std::make_error_code(std::errc::invalid_argument),
+                   "cgroup_parent '" + options.cgroup_parent + "' is a '" + type +
+                                          "' cgroup: processes can only be put in cgroups below a 'domain' one"};
     }
   } else {
     errno = 0;
@@ -305,15 +289,15 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
   }
   if (directory.empty()) {
     if (options.containment == modkit::Containment::Required) {
-      return posix::containment_error(std::make_error_code(std::errc::operation_not_supported),
-                               "containment is required but unavailable: " + why_not);
+      return Error{std::make_error_code(std::errc::operation_not_supported),
+                   "containment is required but unavailable: " + why_not};
     }
     notes.push_back("instances are not contained: " + why_not +
                     "; a descendant that leaves its process group can outlive a stop (see the README's "
                     "Containment section; set LocalProcessOptions::cgroup_parent)");
-    return inactive("not contained: " + why_not);
+    return inactive();
   }
-  return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::string(), std::move(lock)));
+  return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::move(lock)));
 }
 
 }  // namespace modkit::platform

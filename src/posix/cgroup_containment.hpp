@@ -12,14 +12,13 @@ namespace modkit::posix {
 
 class CgroupContainment final : public platform::Containment {
  public:
-  /// `directory` is the backend's own directory, already made; empty when
-  /// inactive (`reason` then says why).
-  CgroupContainment(std::string directory, std::string reason, UniqueFd lock = UniqueFd())
-      : directory_(std::move(directory)), reason_(std::move(reason)), lock_(std::move(lock)) {}
+  /// `directory` is the backend's own directory, already made and locked
+  /// through `lock`; empty when inactive.
+  explicit CgroupContainment(std::string directory, UniqueFd lock = UniqueFd())
+      : directory_(std::move(directory)), lock_(std::move(lock)) {}
   ~CgroupContainment() override { release(); }
 
   bool active() const override { return !directory_.empty(); }
-  std::string describe() const override { return active() ? "cgroup " + directory_ : reason_; }
   void release() override;
 
   /// A new cell for one instance (only when active).
@@ -28,7 +27,7 @@ class CgroupContainment final : public platform::Containment {
   }
 
  private:
-  const std::string directory_, reason_;
+  const std::string directory_;
   UniqueFd lock_;  // flock(LOCK_EX) on directory_ while the backend lives (see remove_stale)
 };
 

@@ -10,7 +10,6 @@ namespace {
 class JobContainment final : public Containment {
  public:
   bool active() const override { return true; }
-  std::string describe() const override { return "a Job object per instance"; }
   void release() override {}
 };
 
