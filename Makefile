@@ -14,7 +14,7 @@ MODKIT_CXXFLAGS = -std=c++17 -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc -p
 BUILD    ?= build
 OUT      ?= out
 
-CORE_SOURCES  = $(wildcard src/core/*.cpp)
+CORE_SOURCES  = $(wildcard src/core/*.cpp src/mock/*.cpp src/supervision/*.cpp)
 POSIX_SOURCES = $(wildcard src/posix/*.cpp)
 LIB_OBJECTS   = $(patsubst src/%.cpp,$(OUT)/obj/%.o,$(CORE_SOURCES) $(POSIX_SOURCES))
 

@@ -11,7 +11,10 @@ set(MODKIT_CORE_SOURCES
   src/core/result.cpp
   src/core/types.cpp
   src/core/utf8.cpp
-  src/core/uuid.cpp)
+  src/core/time_source.cpp
+  src/core/uuid.cpp
+  src/mock/mock_backend.cpp
+  src/supervision/supervisor.cpp)
 set(MODKIT_POSIX_SOURCES
   src/posix/cgroup.cpp
   src/posix/cgroup_containment.cpp

@@ -205,6 +205,40 @@ enum class GracefulStop {
   None,
 };
 
+/// How modkit learns that a module is ready to serve (the README's
+/// "Readiness" section has the protocol). A module that exits, closes its
+/// notification descriptor or lets `timeout` pass before it is ready has
+/// failed: modkit stops it (graceful step, grace, kill), drains its output and
+/// reports it with ExitStatus::reason set.
+struct Readiness {
+  enum class Mode {
+    /// Ready as soon as the program was executed.
+    Immediate,
+    /// The module writes "READY=1\n" (or a bare "\n", as s6 modules do) to
+    /// a notification descriptor whose number (POSIX: always 3) or handle
+    /// value (Windows: an inherited pipe handle) is in the environment
+    /// variable MODKIT_NOTIFY_FD. No other module, and no other descriptor
+    /// of the host, is reachable through it. Lines "STATUS=<text>" become
+    /// library records; "WATCHDOG=1" is a watchdog ping; other lines are
+    /// ignored.
+    Notify,
+    /// The module writes a line to stdout that starts with `line_prefix`
+    /// (the line is still delivered to the sink).
+    StdoutLine,
+  };
+  Mode mode = Mode::Immediate;
+  /// StdoutLine: what the ready line starts with; must not be empty.
+  std::string line_prefix;
+  /// Notify and StdoutLine: how long the module has, from the start, to become
+  /// ready. Must be positive (there is no unbounded wait).
+  std::chrono::milliseconds timeout{10000};
+  /// Notify only: once ready, the module must write "WATCHDOG=1\n" at least
+  /// once per `watchdog`, or it is stopped as failed
+  /// (ExitStatus::Reason::WatchdogTimeout). The interval in milliseconds is
+  /// in the environment variable MODKIT_WATCHDOG_MS. Zero: no watchdog.
+  std::chrono::milliseconds watchdog{0};
+};
+
 /// What to start. `OopModuleConfig{name, backend}` leaves everything else empty.
 struct OopModuleConfig {
   OopModuleConfig() = default;
@@ -236,6 +270,8 @@ struct OopModuleConfig {
   /// Windows only: show the module's windows (SW_SHOWDEFAULT). By default a
   /// module starts with SW_HIDE, so a GUI program pops nothing up on the host.
   bool show_window = false;
+  /// When the module counts as ready (see Readiness). Default: at once.
+  Readiness readiness;
 };
 
 /// A running (or once running) instance. Printable with every field.
@@ -260,8 +296,18 @@ struct ExitStatus {
   Kind kind = Kind::Exited;
   int code = 0;         ///< exit code, the signal number when Signaled, -1 when Unknown.
   bool forced = false;  ///< killed by modkit after the grace period ran out.
+  /// Why it ended, as far as modkit knows.
+  enum class Reason {
+    Exited,            ///< by itself: its own exit, or a signal modkit did not send
+    Stopped,           ///< stopped by the host: stop_instance, the shutdown, the destructor
+    ReadinessTimeout,  ///< not ready within Readiness::timeout; modkit stopped it
+    NotReady,          ///< exited, or closed its notification descriptor, before it was ready
+    WatchdogTimeout,   ///< no watchdog ping within Readiness::watchdog; modkit stopped it
+  };
+  Reason reason = Reason::Exited;
   bool success() const { return kind == Kind::Exited && code == 0; }
 };
+std::string_view to_string(ExitStatus::Reason reason);
 std::ostream& operator<<(std::ostream& os, const ExitStatus& status);
 
 /// Generates a UUID v7 (RFC 9562): 48-bit Unix milliseconds, then a counter and
@@ -365,14 +411,37 @@ class JsonLogSink : public LogSink {
 // Backends
 // ---------------------------------------------------------------------------
 
+/// What a backend tells the caller of start_instance about that one instance.
+/// Each runs on a backend thread, with no lock of the backend held, in this
+/// order: on_status any number of times, on_ready at most once, on_exit once
+/// (always, unless the backend is destroyed first). An exception one throws is
+/// caught and dropped. They may call the backend.
+struct InstanceEvents {
+  std::function<void(const InstanceHandle&)> on_ready;
+  /// The text of a "STATUS=<text>" notification.
+  std::function<void(const InstanceHandle&, std::string_view status)> on_status;
+  std::function<void(const InstanceHandle&, const ExitStatus&)> on_exit;
+};
+
 /// Starts, stops and lists instances of out-of-process modules.
 class ModuleRuntimeBackend {
  public:
   virtual ~ModuleRuntimeBackend() = default;
-  /// Starts an instance. Fails, starting nothing (no process, no listing, no
+  /// Starts an instance and, when its config asks for readiness, waits until
+  /// it is ready. Fails, starting nothing (no process, no listing, no
   /// on_exit), on an invalid config or when the program cannot be executed
-  /// (the message names the module, the path and the cause).
+  /// (the message names the module, the path and the cause). A module that
+  /// fails its readiness is stopped and drained before this returns the
+  /// error: timed_out (not ready in time), broken_pipe (it closed the
+  /// notification descriptor), no_such_process (it exited first);
+  /// operation_canceled when the token is cancelled during the wait. Such an
+  /// instance did run, so on_exit is called for it.
   virtual Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) = 0;
+  /// Starts an instance and returns as soon as it runs; its readiness and its
+  /// end are reported through `events`. Errors as spawn_instance's before the
+  /// wait. The default (for backends that predate it) returns
+  /// operation_not_supported.
+  virtual Result<InstanceHandle> start_instance(const OopModuleConfig& config, InstanceEvents events);
   /// Stops an instance: graceful step, grace period, then kill; returns once it
   /// has been reaped and its output drained, with its exit status. An instance
   /// that has exited but whose output a descendant still holds open is treated
@@ -381,6 +450,9 @@ class ModuleRuntimeBackend {
   virtual Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) = 0;
   /// The live instances of `module`.
   virtual Result<std::vector<InstanceHandle>> list_instances(std::string_view module) = 0;
+  /// Blocks until the shutdown that the backend's token started has finished,
+  /// within the backend's bound. The default returns at once.
+  virtual void wait_for_shutdown() {}
 };
 
 /// Whether each instance runs in a group of its own that a stop ends whole,
@@ -504,12 +576,15 @@ class LocalProcessBackend final : public ModuleRuntimeBackend {
   /// reaped within kill_timeout), resource_deadlock_would_occur (called from a
   /// sink or on_exit on a thread the stop must wait for; the stop goes on).
   Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) override;
+  /// Errors: as spawn_instance's, without the readiness wait. A readiness
+  /// failure ends the instance (ExitStatus::reason says which).
+  Result<InstanceHandle> start_instance(const OopModuleConfig& config, InstanceEvents events) override;
   Result<std::vector<InstanceHandle>> list_instances(std::string_view module) override;
 
   /// Blocks until the shutdown that cancellation started has finished (every
   /// child reaped, every stream drained), within the bound above. Returns at
   /// once if not cancelled, or if called from a sink or on_exit.
-  void wait_for_shutdown();
+  void wait_for_shutdown() override;
 
   class Impl;
 
@@ -519,4 +594,111 @@ class LocalProcessBackend final : public ModuleRuntimeBackend {
   std::shared_ptr<Impl> impl_;  // shared with modkit's threads, so none touches freed memory
 };
 
+// ---------------------------------------------------------------------------
+// Time, and the Mock backend (tests of hosts and of the Supervisor)
+// ---------------------------------------------------------------------------
+
+/// The clock a Supervisor and a MockBackend run on: the steady clock, or a
+/// ManualClock that a test moves by hand.
+class TimeSource {
+ public:
+  using time_point = std::chrono::steady_clock::time_point;
+  virtual ~TimeSource() = default;
+  virtual time_point now() const = 0;
+  /// True when time passes by itself (a waiter sleeps until its deadline);
+  /// false for a manual clock, whose waiters sleep until advance().
+  virtual bool passes_by_itself() const = 0;
+  /// Calls `*wake` (on the advancing thread, no lock of the clock held) after
+  /// every advance() of a manual clock, for as long as it is alive. The steady
+  /// clock never calls it.
+  virtual void subscribe(std::weak_ptr<std::function<void()>> wake) = 0;
+};
+
+/// std::chrono::steady_clock as a TimeSource (one shared object).
+std::shared_ptr<TimeSource> steady_time_source();
+
+/// A clock that moves only when told to. Thread-safe.
+class ManualClock final : public TimeSource {
+ public:
+  ManualClock();
+  time_point now() const override;
+  bool passes_by_itself() const override { return false; }
+  void subscribe(std::weak_ptr<std::function<void()>> wake) override;
+  /// Moves the clock forward by `by` and wakes every subscriber.
+  void advance(std::chrono::steady_clock::duration by);
+
+ private:
+  mutable std::mutex mutex_;
+  time_point now_;
+  std::vector<std::weak_ptr<std::function<void()>>> subscribers_;
+};
+
+/// What one scripted Mock instance does, in the Mock's time, from its start.
+struct MockScript {
+  /// spawn_instance / start_instance fail with this error (nothing starts).
+  std::optional<Error> spawn_error;
+  /// When it becomes ready (if its config asks for readiness); empty: never.
+  std::optional<std::chrono::milliseconds> ready_after = std::chrono::milliseconds(0);
+  struct Line {
+    std::chrono::milliseconds at{0};
+    LogStream stream = LogStream::Stdout;
+    std::string text;
+  };
+  /// Lines it writes (delivered to the sink as a real module's would be).
+  std::vector<Line> lines;
+  /// When it ends by itself, and how; empty: it runs until stopped.
+  std::optional<std::chrono::milliseconds> exit_after;
+  ExitStatus exit_status;
+  /// How a stop ends it: true = it ignores the graceful step and is killed
+  /// (Signaled 9, forced) once the backend's stop grace has passed in Mock
+  /// time; false = it ends at once, Signaled 15. Either way stop_instance
+  /// returns at once with that status.
+  bool ignores_graceful_stop = false;
+};
+
+/// The seed's BackendKind::Mock: instances without processes, scripted per
+/// module, on a TimeSource, so a host (or the Supervisor's own tests) can
+/// drive starts, readiness, logs and exits deterministically. Instances get
+/// UUID v7 ids and no pid. One thread per backend runs the scripts; sink
+/// calls and events come from it (or from the thread that advances a manual
+/// clock, never while the Mock holds a lock). The token's cancellation stops
+/// every instance. Readiness: an instance whose config asks for readiness
+/// (Notify or StdoutLine) is ready at `ready_after`, or fails at the config's
+/// timeout (reason ReadinessTimeout); the watchdog is not simulated.
+class MockBackend final : public ModuleRuntimeBackend {
+ public:
+  struct Options {
+    std::shared_ptr<TimeSource> time;  ///< empty: steady_time_source()
+    std::chrono::milliseconds stop_grace{2000};
+  };
+  /// Errors: resource_unavailable_try_again when its thread cannot start.
+  static Result<std::unique_ptr<MockBackend>> create(CancellationToken token, std::shared_ptr<LogSink> sink,
+                                                     Options options);
+  ~MockBackend() override;
+  MockBackend(const MockBackend&) = delete;
+  MockBackend& operator=(const MockBackend&) = delete;
+
+  /// Scripts the next instances of `module`: the n-th start takes scripts[n],
+  /// the last one repeating. Unscripted modules run until stopped.
+  void script(const std::string& module, std::vector<MockScript> scripts);
+  /// How many times `module` was started (failed spawns included).
+  int starts(const std::string& module) const;
+
+  /// spawn_instance waits for readiness on the TimeSource: with a manual clock
+  /// another thread must advance it.
+  Result<InstanceHandle> spawn_instance(const OopModuleConfig& config) override;
+  Result<InstanceHandle> start_instance(const OopModuleConfig& config, InstanceEvents events) override;
+  Result<std::optional<ExitStatus>> stop_instance(const InstanceHandle& handle) override;
+  Result<std::vector<InstanceHandle>> list_instances(std::string_view module) override;
+  void wait_for_shutdown() override;
+
+  class Impl;
+
+ private:
+  explicit MockBackend(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
 }  // namespace modkit
+
+#include "modkit/supervisor.hpp"

@@ -985,6 +985,11 @@ Result<InstanceHandle> LocalProcessBackend::spawn_instance(const OopModuleConfig
   return keep->spawn(config);
 }
 
+Result<InstanceHandle> LocalProcessBackend::start_instance(const OopModuleConfig& config, InstanceEvents events) {
+  (void)events;
+  return ModuleRuntimeBackend::start_instance(config, {});
+}
+
 Result<std::optional<ExitStatus>> LocalProcessBackend::stop_instance(const InstanceHandle& handle) {
   auto keep = impl_;
   return keep->stop(handle);

@@ -59,7 +59,24 @@ std::ostream& operator<<(std::ostream& os, const ExitStatus& status) {
     os << "killed by signal " << status.code;
   }
   if (status.forced) os << " (forced after the grace period)";
+  if (status.reason != ExitStatus::Reason::Exited) os << " [" << to_string(status.reason) << "]";
   return os;
+}
+
+std::string_view to_string(ExitStatus::Reason reason) {
+  switch (reason) {
+    case ExitStatus::Reason::Exited: return "exited";
+    case ExitStatus::Reason::Stopped: return "stopped";
+    case ExitStatus::Reason::ReadinessTimeout: return "readiness timeout";
+    case ExitStatus::Reason::NotReady: return "ended before ready";
+    case ExitStatus::Reason::WatchdogTimeout: return "watchdog timeout";
+  }
+  return "exited";
+}
+
+Result<InstanceHandle> ModuleRuntimeBackend::start_instance(const OopModuleConfig& config, InstanceEvents) {
+  return make_error(std::errc::operation_not_supported,
+                    "module '" + config.name + "': this backend has no start_instance (use spawn_instance)");
 }
 
 }  // namespace modkit

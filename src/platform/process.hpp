@@ -32,6 +32,12 @@ struct SpawnRequest {
   /// name it gets there.
   Containment* containment = nullptr;
   std::string instance_id;
+  /// Give the child a readiness notification pipe (Readiness::Mode::Notify):
+  /// its write end at descriptor 3 (POSIX) or as an inherited handle
+  /// (Windows), named in MODKIT_NOTIFY_FD. Without it MODKIT_NOTIFY_FD and
+  /// MODKIT_WATCHDOG_MS are removed from what the child inherits (a host
+  /// that is itself a module must not pass its own on).
+  bool notify = false;
 };
 
 /// A started child. Thread-safe. The child stays unreaped (a zombie once it
@@ -78,6 +84,10 @@ class Process {
   virtual std::intptr_t contents_handle() const = 0;
   virtual bool contents_empty() = 0;
   virtual std::optional<std::int64_t> process_count() = 0;
+
+  /// The parent's end of the notification pipe (SpawnRequest::notify),
+  /// owned by this object, for the ExitMonitor; -1 when there is none.
+  virtual std::intptr_t notify_handle() const { return -1; }
 
   /// The exit status once the child has exited, without reaping it; nullopt
   /// while it runs. Kind::Unknown when someone else reaped it (a host calling

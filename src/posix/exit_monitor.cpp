@@ -50,7 +50,9 @@ class PidfdExitMonitor final : public ExitMonitor {
     return {};
   }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents) override {
+  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents,
+                     std::function<void(std::string_view, bool)> on_notify) override {
+    (void)on_notify;  // TODO(readiness): being written
     auto entry = std::make_unique<Entry>();
     entry->pid = static_cast<pid_t>(process.pid());
     entry->on_exit = std::make_shared<std::function<void()>>(std::move(on_exit));
@@ -248,7 +250,9 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
  public:
   ~WaiterThreadExitMonitor() override { shutdown(); }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents) override {
+  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents,
+                     std::function<void(std::string_view, bool)> on_notify) override {
+    (void)on_notify;  // TODO(readiness): being written
     auto waiter = std::make_shared<Waiter>();
     waiter->on_exit = std::move(on_exit);
     int contents_fd = -1;

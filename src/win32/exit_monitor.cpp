@@ -22,7 +22,8 @@ class ThreadPoolExitMonitor final : public ExitMonitor {
  public:
   ~ThreadPoolExitMonitor() override { shutdown(); }
 
-  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> /*on_contents*/) override {
+  Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> /*on_contents*/,
+                     std::function<void(std::string_view, bool)> /*on_notify*/) override {
     // Our own handle to wait on, so the wait never outlives the handle it uses
     // (the Process may close its own as soon as the watch is over).
     // (-1 would be GetCurrentProcess(), the host itself: never waited on.)

@@ -2,6 +2,7 @@
 // order, e.g. `test_child lines 3 stderr-lines 2 exit 4`. Output is written
 // with unbuffered write() so that nothing is lost when a signal ends it.
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -109,6 +110,30 @@ unsigned long start_grandchild(const std::string& script) {
 }
 #endif
 
+// The readiness notification descriptor (Readiness::Mode::Notify): its
+// number (POSIX) or handle value (Windows) is in MODKIT_NOTIFY_FD.
+bool notify_write(const std::string& text) {
+  const char* value = std::getenv("MODKIT_NOTIFY_FD");
+  if (!value) return false;
+#ifdef _WIN32
+  HANDLE handle = reinterpret_cast<HANDLE>(static_cast<std::intptr_t>(std::strtoll(value, nullptr, 10)));
+  DWORD written = 0;
+  return WriteFile(handle, text.data(), static_cast<DWORD>(text.size()), &written, nullptr) && written == text.size();
+#else
+  int fd = static_cast<int>(std::strtol(value, nullptr, 10));
+  return ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+#endif
+}
+void notify_close() {
+  const char* value = std::getenv("MODKIT_NOTIFY_FD");
+  if (!value) return;
+#ifdef _WIN32
+  CloseHandle(reinterpret_cast<HANDLE>(static_cast<std::intptr_t>(std::strtoll(value, nullptr, 10))));
+#else
+  ::close(static_cast<int>(std::strtol(value, nullptr, 10)));
+#endif
+}
+
 std::string hex(const std::string& text) {
   static const char digits[] = "0123456789abcdef";
   std::string result;
@@ -145,7 +170,27 @@ int main(int argc, char** argv) {
 #endif
   for (int i = 1; i < argc; ++i) {
     std::string command = argv[i];
-    if (command == "lines") {  // lines N: "line 1" .. "line N" on stdout
+    if (command == "notify") {  // notify TEXT: TEXT and a newline on the notification descriptor
+      if (++i < argc && !notify_write(std::string(argv[i]) + "\n")) out(2, "notify: cannot write\n");
+    } else if (command == "notify-raw") {  // notify-raw TEXT: no newline
+      if (++i < argc && !notify_write(argv[i])) out(2, "notify: cannot write\n");
+    } else if (command == "notify-newline") {  // a bare newline (s6's readiness)
+      if (!notify_write("\n")) out(2, "notify: cannot write\n");
+    } else if (command == "notify-close") {
+      notify_close();
+    } else if (command == "notify-env") {  // "notify-env VALUE" or "notify-env unset"; same for the watchdog
+      const char* value = std::getenv("MODKIT_NOTIFY_FD");
+      const char* watchdog = std::getenv("MODKIT_WATCHDOG_MS");
+      out(1, std::string("notify-env ") + (value ? value : "unset") + " watchdog " + (watchdog ? watchdog : "unset") +
+                 "\n");
+    } else if (command == "watchdog-pings") {  // watchdog-pings N MS: N pings MS apart
+      long count = number(argc, argv, ++i);
+      long interval = number(argc, argv, ++i);
+      for (long k = 0; k < count; ++k) {
+        notify_write("WATCHDOG=1\n");
+        sleep_seconds(static_cast<double>(interval) / 1000.0);
+      }
+    } else if (command == "lines") {  // lines N: "line 1" .. "line N" on stdout
       long count = number(argc, argv, ++i);
       for (long n = 1; n <= count; ++n) out(1, "line " + std::to_string(n) + "\n");
     } else if (command == "stderr-lines") {

@@ -143,7 +143,8 @@ class FakeProcess final : public platform::Process {
 // Fires a child's exit callback when the test says the child has exited.
 class FakeMonitor final : public platform::ExitMonitor {
  public:
-  Result<void> watch(platform::Process& process, std::function<void()> on_exit, std::function<void()>) override {
+  Result<void> watch(platform::Process& process, std::function<void()> on_exit, std::function<void()>,
+                     std::function<void(std::string_view, bool)>) override {
     if (exit_during_watch) {
       // A child that exits at once: its exit is seen (and its report
       // delivered) before watch() has even returned to spawn_instance.

@@ -1,0 +1,2 @@
+// MockBackend: placeholder, being written.
+#include "modkit/modkit.hpp"

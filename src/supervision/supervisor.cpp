@@ -1,0 +1,2 @@
+// Supervisor: placeholder, being written.
+#include "modkit/modkit.hpp"
