@@ -8,6 +8,7 @@ set(MODKIT_CORE_SOURCES
   src/core/line_splitter.cpp
   src/core/local_process_backend.cpp
   src/core/log_sinks.cpp
+  src/core/readiness_tracker.cpp
   src/core/result.cpp
   src/core/types.cpp
   src/core/utf8.cpp

@@ -649,10 +649,10 @@ struct MockScript {
   /// When it ends by itself, and how; empty: it runs until stopped.
   std::optional<std::chrono::milliseconds> exit_after;
   ExitStatus exit_status;
-  /// How a stop ends it: true = it ignores the graceful step and is killed
-  /// (Signaled 9, forced) once the backend's stop grace has passed in Mock
-  /// time; false = it ends at once, Signaled 15. Either way stop_instance
-  /// returns at once with that status.
+  /// How a stop (or the shutdown) ends it: true = as one that ignored the
+  /// graceful step and was killed (Signaled 9, forced); false = Signaled 15.
+  /// Either way at once: stop_instance returns that status without waiting
+  /// for the clock.
   bool ignores_graceful_stop = false;
 };
 
@@ -669,7 +669,6 @@ class MockBackend final : public ModuleRuntimeBackend {
  public:
   struct Options {
     std::shared_ptr<TimeSource> time;  ///< empty: steady_time_source()
-    std::chrono::milliseconds stop_grace{2000};
   };
   /// Errors: resource_unavailable_try_again when its thread cannot start.
   static Result<std::unique_ptr<MockBackend>> create(CancellationToken token, std::shared_ptr<LogSink> sink,

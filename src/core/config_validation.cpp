@@ -42,6 +42,28 @@ Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
     if (config.working_directory->empty()) return invalid(config, "working directory is an empty path");
     if (has_nul(*config.working_directory)) return invalid(config, "working directory contains a NUL byte");
   }
+  const Readiness& readiness = config.readiness;
+  // A day bounds every wait and keeps the deadline arithmetic far from overflow.
+  constexpr std::chrono::milliseconds kLongestWait = std::chrono::hours(24);
+  if (readiness.mode != Readiness::Mode::Immediate &&
+      (readiness.timeout <= std::chrono::milliseconds::zero() || readiness.timeout > kLongestWait)) {
+    return invalid(config, "readiness timeout must be positive and at most a day (there is no unbounded wait)");
+  }
+  if (readiness.mode == Readiness::Mode::StdoutLine && readiness.line_prefix.empty()) {
+    return invalid(config, "readiness line_prefix must not be empty with Readiness::Mode::StdoutLine");
+  }
+  if (readiness.watchdog < std::chrono::milliseconds::zero() || readiness.watchdog > kLongestWait) {
+    return invalid(config, "readiness watchdog must be zero (none) or positive and at most a day");
+  }
+  if (readiness.watchdog > std::chrono::milliseconds::zero() && readiness.mode != Readiness::Mode::Notify) {
+    return invalid(config, "a readiness watchdog needs Readiness::Mode::Notify (pings come on the descriptor)");
+  }
+  if (readiness.mode == Readiness::Mode::Notify) {
+    request.notify = true;
+    if (readiness.watchdog > std::chrono::milliseconds::zero()) {
+      request.env.emplace_back("MODKIT_WATCHDOG_MS", std::to_string(readiness.watchdog.count()));
+    }
+  }
   request.module = config.name;
   request.binary = *config.binary;
   request.args = config.args;

@@ -28,6 +28,7 @@
 #include "core/config_validation.hpp"
 #include "core/instance_lifecycle.hpp"
 #include "core/line_splitter.hpp"
+#include "core/readiness_tracker.hpp"
 #include "core/platform_services.hpp"
 #include "core/utf8.hpp"
 #include "modkit/modkit.hpp"
@@ -57,6 +58,11 @@ struct Instance {
   InstanceHandle handle;
   std::unique_ptr<platform::Process> process;
   InstanceLifecycle lifecycle;
+  InstanceEvents events;                              // start_instance's; set before anything can fire
+  std::unique_ptr<core::ReadinessTracker> readiness;  // none: ready at once
+  // Why it ended (ExitStatus::Reason), -1 until known; the first to know wins
+  // (a stop that comes after the child exited by itself does not rename it).
+  std::atomic<int> end_reason{-1};
   std::unique_ptr<platform::PipeReader> pipes[2];  // stdout, stderr
   std::unique_ptr<platform::Thread> readers[2];
   std::atomic<int> readers_running{0};
@@ -66,6 +72,43 @@ struct Instance {
 };
 
 using InstancePtr = std::shared_ptr<Instance>;
+
+void mark_end(Instance& instance, ExitStatus::Reason reason) {
+  int unknown = -1;
+  instance.end_reason.compare_exchange_strong(unknown, static_cast<int>(reason));
+}
+
+ExitStatus status_with_reason(const Instance& instance, ExitStatus status) {
+  int reason = instance.end_reason.load();
+  status.reason = reason < 0 ? ExitStatus::Reason::Exited : static_cast<ExitStatus::Reason>(reason);
+  return status;
+}
+
+std::string describe(const ExitStatus& status) {
+  std::string text;
+  if (status.kind == ExitStatus::Kind::Exited) {
+    text = "exited with code " + std::to_string(status.code);
+  } else if (status.kind == ExitStatus::Kind::Signaled) {
+    text = "killed by signal " + std::to_string(status.code);
+  } else {
+    text = "exited, status unknown (reaped by someone else)";
+  }
+  if (status.forced) text += " (forced after the grace period)";
+  return text;
+}
+
+// Host code (a sink, an event) must not unwind through modkit's threads.
+template <typename Call>
+void call_host(Call&& call) {
+#if defined(__cpp_exceptions)
+  try {
+    call();
+  } catch (...) {
+  }
+#else
+  call();
+#endif
+}
 
 // Which backend's callback (sink or on_exit) this thread is running, if any.
 thread_local const void* tls_backend = nullptr;
@@ -95,6 +138,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   const std::optional<Error>& start_error() const { return start_error_; }
 
   Result<InstanceHandle> spawn(const OopModuleConfig& config);
+  Result<InstancePtr> start_child(const OopModuleConfig& config, InstanceEvents events);
   Result<std::optional<ExitStatus>> stop(const InstanceHandle& handle);
   std::vector<InstanceHandle> list(std::string_view module);
   void wait_for_shutdown();
@@ -112,6 +156,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 
   void deliver(const LogRecord& record);
   void apply(const InstancePtr& instance, LifecycleEffects effects);
+  void apply_readiness(const InstancePtr& instance, core::ReadinessTracker::Effects effects);
+  Result<InstanceHandle> wait_until_ready(const InstancePtr& instance);
   void queue_record(const InstancePtr& instance, LogLevel level, std::string text);
   void notify() {
     std::lock_guard<std::mutex> lock(state_mutex_);
@@ -169,7 +215,11 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
     InstancePtr instance;
     LifecycleEffects::Record record;
     bool counted = true;  // counted by the instance's lifecycle until delivered
+    // Ready and Status also call the instance's InstanceEvents; queued with
+    // the records, so a ready event always comes before the exit report.
+    enum class Kind { Record, Ready, Status } kind = Kind::Record;
   };
+  void deliver_pending(PendingRecord& pending);
   std::deque<PendingRecord> pending_records_;  // from threads that must not call the sink
   bool cancel_seen_ = false;
   Clock::time_point shutdown_deadline_{};
@@ -190,14 +240,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 void LocalProcessBackend::Impl::deliver(const LogRecord& record) {
   // The host may close what its sink writes to once the destructor returned.
   if (sink_closed_.load(std::memory_order_acquire)) return;
-#if defined(__cpp_exceptions)
-  try {
-    sink_->write(record);
-  } catch (...) {
-  }
-#else
-  sink_->write(record);
-#endif
+  call_host([&] { sink_->write(record); });
 }
 
 void LocalProcessBackend::Impl::log_event(const Instance* instance, LogLevel level, std::string_view text) {
@@ -252,6 +295,37 @@ void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLev
     }
   }
   log_event(instance.get(), level, text);
+}
+
+// A readiness failure ends the instance like a stop (graceful step, grace,
+// kill, drain), under its own reason.
+void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, core::ReadinessTracker::Effects effects) {
+  std::vector<PendingRecord> events;
+  for (auto& notice : effects.notices) {
+    if (notice) {
+      events.push_back({instance, {LogLevel::Info, std::move(*notice)}, false, PendingRecord::Kind::Status});
+    } else {
+      events.push_back({instance, {LogLevel::Info, "ready"}, false, PendingRecord::Kind::Ready});
+    }
+  }
+  if (effects.failed) {
+    mark_end(*instance, *effects.failed);
+    events.push_back({instance, {LogLevel::Warn, effects.why + ": stopping it"}, false});
+  }
+  if (!events.empty()) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    // Without the supervisor (teardown) there is nobody to deliver them.
+    if (supervisor_running_) {
+      for (auto& event : events) pending_records_.push_back(std::move(event));
+      wake_supervisor_locked();
+    }
+    ++generation_;  // spawn_instance may be waiting for the readiness
+    state_changed_.notify_all();
+  }
+  if (effects.failed) {
+    Clock::time_point now = Clock::now();
+    apply(instance, instance->lifecycle.begin_stop(now, now + options_.stop_grace));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -312,6 +386,13 @@ void LocalProcessBackend::Impl::observe_cancel() {
 }
 
 Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& config) {
+  auto started = start_child(config, {});
+  if (!started) return std::move(started).error();
+  if (!(*started)->readiness) return (*started)->handle;
+  return wait_until_ready(*started);
+}
+
+Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig& config, InstanceEvents events) {
   if (start_error_) {
     return make_error(std::errc::resource_unavailable_try_again,
                       "module '" + config.name + "': the backend could not start: " + start_error_->message);
@@ -326,6 +407,10 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
   if (!process) return std::move(process).error();
 
   auto instance = std::make_shared<Instance>(std::move(*process), timings_);
+  instance->events = std::move(events);
+  if (config.readiness.mode != Readiness::Mode::Immediate) {
+    instance->readiness = std::make_unique<core::ReadinessTracker>(config.readiness, Clock::now());
+  }
   instance->pipes[0] = instance->process->take_stdout();
   instance->pipes[1] = instance->process->take_stderr();
   instance->handle.module = config.name;
@@ -377,12 +462,29 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
       [weak_self, weak_instance] {
         auto self = weak_self.lock();
         auto alive = weak_instance.lock();
-        if (self && alive) self->apply(alive, alive->lifecycle.exit_signalled(Clock::now()));
+        if (!self || !alive) return;
+        Clock::time_point now = Clock::now();
+        // The monitor delivered the notifications written before the exit.
+        core::ReadinessTracker::Effects ready;
+        if (alive->readiness) ready = alive->readiness->exited(now);
+        mark_end(*alive, ready.failed ? *ready.failed : ExitStatus::Reason::Exited);
+        self->apply(alive, alive->lifecycle.exit_signalled(now));
+        self->apply_readiness(alive, std::move(ready));
       },
       [weak_self, weak_instance] {
         auto self = weak_self.lock();
         auto alive = weak_instance.lock();
         if (self && alive) self->apply(alive, alive->lifecycle.contents_changed(Clock::now()));
+      },
+      [weak_self, weak_instance](std::string_view data, bool eof) {
+        auto self = weak_self.lock();
+        auto alive = weak_instance.lock();
+        if (!self || !alive || !alive->readiness) return;
+        Clock::time_point now = Clock::now();
+        // The end of file comes with the exit as often as before it: an
+        // exited child failed by exiting, whichever the monitor saw first.
+        self->apply_readiness(alive, eof ? alive->readiness->notify_closed(now, alive->process->peek_exit().has_value())
+                                         : alive->readiness->notify_data(data, now));
       });
   if (!watched) {
     unlist(*instance);
@@ -395,8 +497,56 @@ Result<InstanceHandle> LocalProcessBackend::Impl::spawn(const OopModuleConfig& c
     error.message = "module '" + config.name + "': " + error.message;
     return error;
   }
+  if (instance->readiness) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    wake_supervisor_locked();  // it times the readiness from now on
+  }
+  return instance;
+}
 
-  return instance->handle;
+// Waits for the readiness, driving its timeout itself (the supervisor may be
+// the caller, in on_exit). A failed instance is stopped and drained before
+// the error returns, within timeout + G + K + 2D.
+Result<InstanceHandle> LocalProcessBackend::Impl::wait_until_ready(const InstancePtr& instance) {
+  core::ReadinessTracker& tracker = *instance->readiness;
+  for (;;) {
+    std::uint64_t seen;
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      seen = generation_;
+    }
+    apply_readiness(instance, tracker.tick(Clock::now()));
+    core::ReadyState state = tracker.state();
+    if (state == core::ReadyState::Ready) return instance->handle;
+    if (state == core::ReadyState::Failed || instance->lifecycle.status() || token_.is_cancelled()) break;
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    state_changed_.wait_until(lock, tracker.deadline_hint(), [&] { return generation_ != seen; });
+  }
+  const bool cancelled = tracker.state() != core::ReadyState::Failed && token_.is_cancelled();
+  Clock::time_point deadline = Clock::now() + options_.stop_grace;
+  if (cancelled) {
+    observe_cancel();
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    deadline = shutdown_deadline_;
+  }
+  stop_group({instance}, deadline);
+  const std::string& module = instance->handle.module;
+  if (cancelled) return cancelled_error(module);
+  std::string ended = " (it was stopped)";
+  if (auto status = instance->lifecycle.status()) ended = " (" + describe(*status) + ")";
+  switch (static_cast<ExitStatus::Reason>(instance->end_reason.load())) {
+    case ExitStatus::Reason::ReadinessTimeout:
+      return make_error(std::errc::timed_out, "module '" + module + "': not ready within " +
+                                                  std::to_string(tracker.timeout().count()) + " ms" + ended);
+    case ExitStatus::Reason::NotReady:
+      if (tracker.closed_early()) {
+        return make_error(std::errc::broken_pipe,
+                          "module '" + module + "': closed its notification descriptor before it was ready" + ended);
+      }
+      return make_error(std::errc::no_such_process, "module '" + module + "': ended before it was ready" + ended);
+    default:
+      return make_error(std::errc::no_such_process, "module '" + module + "': ended before it was ready" + ended);
+  }
 }
 
 // For a child nobody else knows yet: kill it, wait for it (bounded), reap it,
@@ -443,8 +593,8 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
   // start of its line: a cut-off middle says nothing about severity.
   class Forwarder final : public LineSplitter::Sink {
    public:
-    Forwarder(Impl& impl, const Instance& instance, LogStream stream)
-        : impl_(impl), instance_(instance), stream_(stream) {}
+    Forwarder(Impl& impl, const InstancePtr& instance, LogStream stream)
+        : impl_(impl), owner_(instance), instance_(*instance), stream_(stream) {}
     void line(std::string_view text, bool continuation) override {
       if (!continuation) level_ = detect_level(text);
       LogRecord record;
@@ -456,6 +606,11 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
       record.continuation = continuation;
       record.timestamp = received;
       impl_.deliver(record);
+      // After the line itself: the sink sees the ready line before "ready".
+      if (!continuation && stream_ == LogStream::Stdout && instance_.readiness &&
+          instance_.readiness->awaits_stdout_line()) {
+        impl_.apply_readiness(owner_, instance_.readiness->stdout_line(text, Clock::now()));
+      }
     }
     // When the chunk being split was read: one clock read per read() rather
     // than per line (per line it cost more than the rest of the forwarding).
@@ -463,6 +618,7 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
 
    private:
     Impl& impl_;
+    const InstancePtr& owner_;
     const Instance& instance_;
     LogStream stream_;
     LogLevel level_ = LogLevel::Info;
@@ -471,7 +627,7 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
   // Until spawn has registered the instance, its pipes may be interrupted
   // (spawn failed) before anything is read: that costs nothing here.
   {
-    Forwarder forwarder(*this, *instance, index == 0 ? LogStream::Stdout : LogStream::Stderr);
+    Forwarder forwarder(*this, instance, index == 0 ? LogStream::Stdout : LogStream::Stderr);
     LineSplitter splitter(options_.max_line_bytes, forwarder);
     std::unique_ptr<char[]> buffer(new char[kReadChunkBytes]);
     platform::PipeReader& pipe = *instance->pipes[index];
@@ -488,6 +644,7 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     splitter.finish();
     instance->lifecycle.delivering(index, false);
   }
+  if (index == 0 && instance->readiness) apply_readiness(instance, instance->readiness->stdout_closed(Clock::now()));
   apply(instance, instance->lifecycle.stream_closed(index, Clock::now()));
   {
     // Every decrement, not only the last: the teardown, run from the other
@@ -510,7 +667,10 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
 // until each is reaped or its stop failed, within G + K + 2D.
 void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group, Clock::time_point deadline) {
   Clock::time_point now = Clock::now();
-  for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, deadline));
+  for (const auto& instance : group) {
+    mark_end(*instance, ExitStatus::Reason::Stopped);
+    apply(instance, instance->lifecycle.begin_stop(now, deadline));
+  }
   const Clock::time_point bound = std::max(deadline, now) + after_kill_bound();
   for (;;) {
     std::uint64_t seen;
@@ -558,6 +718,7 @@ Result<std::optional<ExitStatus>> LocalProcessBackend::Impl::stop(const Instance
   if (tls_reader_of == instance.get()) {
     // The sink, on this instance's own reader: the drain cannot finish while
     // we wait here. Start the stop; the supervisor carries it on.
+    mark_end(*instance, ExitStatus::Reason::Stopped);
     apply(instance, instance->lifecycle.begin_stop(Clock::now(), Clock::now() + options_.stop_grace));
     return with_module(make_error(std::errc::resource_deadlock_would_occur,
                                   "stop_instance called from the sink on the instance's own reader thread: the stop "
@@ -566,7 +727,7 @@ Result<std::optional<ExitStatus>> LocalProcessBackend::Impl::stop(const Instance
   stop_group({instance}, Clock::now() + options_.stop_grace);
   if (auto status = instance->lifecycle.status()) {
     unlist(*instance);
-    return std::optional<ExitStatus>(status);
+    return std::optional<ExitStatus>(status_with_reason(*instance, *status));
   }
   if (auto error = instance->lifecycle.stop_error()) return with_module(*error);
   return with_module(make_error(std::errc::timed_out, "pid " + std::to_string(instance->process->pid()) +
@@ -635,36 +796,38 @@ void LocalProcessBackend::Impl::abandon(const InstancePtr& instance) {
 // ---------------------------------------------------------------------------
 
 void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
-  ExitStatus status = *instance->lifecycle.status();
-  bool stopping = instance->lifecycle.stop_requested();
+  ExitStatus status = status_with_reason(*instance, *instance->lifecycle.status());
+  bool stopping = instance->lifecycle.stop_requested() && status.reason == ExitStatus::Reason::Stopped;
   LogLevel level = LogLevel::Info;
-  if (!status.success() && !stopping) level = status.kind == ExitStatus::Kind::Signaled ? LogLevel::Error : LogLevel::Warn;
-  std::string text;
-  if (status.kind == ExitStatus::Kind::Exited) {
-    text = "exited with code " + std::to_string(status.code);
-  } else if (status.kind == ExitStatus::Kind::Signaled) {
-    text = "killed by signal " + std::to_string(status.code);
-  } else {
-    text = "exited, status unknown (reaped by someone else)";
+  if ((!status.success() && !stopping) || (status.reason != ExitStatus::Reason::Exited && !stopping)) {
+    level = status.kind == ExitStatus::Kind::Signaled ? LogLevel::Error : LogLevel::Warn;
   }
-  if (status.forced) text += " (forced after the grace period)";
+  std::string text = describe(status);
+  if (status.reason != ExitStatus::Reason::Exited) text += " [" + std::string(to_string(status.reason)) + "]";
   log_event(instance.get(), level, text);
   {
     // Decided under the lock that the destructor sets torn_down_ with: no
     // on_exit starts after it has given up on the supervisor.
     std::lock_guard<std::mutex> lock(state_mutex_);
-    if (torn_down_ || !options_.on_exit) return;
+    if (torn_down_ || (!options_.on_exit && !instance->events.on_exit)) return;
     in_on_exit_ = true;
   }
-#if defined(__cpp_exceptions)
-  try {
-    options_.on_exit(instance->handle, status);
-  } catch (...) {
-    log_event(instance.get(), LogLevel::Error, "on_exit threw an exception (ignored)");
+  bool threw = true;
+  if (instance->events.on_exit) {
+    call_host([&] {
+      instance->events.on_exit(instance->handle, status);
+      threw = false;
+    });
+    if (threw) log_event(instance.get(), LogLevel::Error, "the instance's on_exit event threw an exception (ignored)");
   }
-#else
-  options_.on_exit(instance->handle, status);
-#endif
+  if (options_.on_exit) {
+    threw = true;
+    call_host([&] {
+      options_.on_exit(instance->handle, status);
+      threw = false;
+    });
+    if (threw) log_event(instance.get(), LogLevel::Error, "on_exit threw an exception (ignored)");
+  }
   std::lock_guard<std::mutex> lock(state_mutex_);
   in_on_exit_ = false;
   ++generation_;
@@ -695,12 +858,33 @@ bool LocalProcessBackend::Impl::deliver_pending_records() {
       pending_records_.pop_front();
     }
     any = true;
-    tls_delivering_for = pending.counted ? pending.instance.get() : nullptr;
-    log_event(pending.instance.get(), pending.record.level, pending.record.text);
-    tls_delivering_for = nullptr;
-    if (pending.instance && pending.counted) {
-      if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
-    }
+    deliver_pending(pending);
+  }
+}
+
+void LocalProcessBackend::Impl::deliver_pending(PendingRecord& pending) {
+  Instance* instance = pending.instance.get();
+  switch (pending.kind) {
+    case PendingRecord::Kind::Record:
+      tls_delivering_for = pending.counted ? instance : nullptr;
+      log_event(instance, pending.record.level, pending.record.text);
+      tls_delivering_for = nullptr;
+      if (instance && pending.counted) {
+        if (instance->lifecycle.records_delivered(1) == 0) notify();
+      }
+      return;
+    case PendingRecord::Kind::Ready:
+      log_event(instance, LogLevel::Info,
+                "ready after " + std::to_string(instance->readiness ? instance->readiness->time_to_ready().count() : 0) +
+                    " ms");
+      if (instance->events.on_ready) call_host([&] { instance->events.on_ready(instance->handle); });
+      return;
+    case PendingRecord::Kind::Status:
+      log_event(instance, LogLevel::Info, "status: " + pending.record.text);
+      if (instance->events.on_status) {
+        call_host([&] { instance->events.on_status(instance->handle, pending.record.text); });
+      }
+      return;
   }
 }
 
@@ -719,12 +903,7 @@ void LocalProcessBackend::Impl::supervise() {
         PendingRecord pending = std::move(pending_records_.front());
         pending_records_.pop_front();
         lock.unlock();
-        tls_delivering_for = pending.counted ? pending.instance.get() : nullptr;
-        log_event(pending.instance.get(), pending.record.level, pending.record.text);
-        tls_delivering_for = nullptr;
-        if (pending.instance && pending.counted) {
-          if (pending.instance->lifecycle.records_delivered(1) == 0) notify();
-        }
+        deliver_pending(pending);
       } else {
         InstancePtr instance = std::move(reports_.front());
         reports_.pop_front();
@@ -776,7 +955,10 @@ void LocalProcessBackend::Impl::supervise() {
         announce_completion = true;
       }
       Clock::time_point now = Clock::now();
-      for (const auto& instance : group) apply(instance, instance->lifecycle.begin_stop(now, shutdown_deadline));
+      for (const auto& instance : group) {
+        mark_end(*instance, ExitStatus::Reason::Stopped);
+        apply(instance, instance->lifecycle.begin_stop(now, shutdown_deadline));
+      }
       lock.lock();
       continue;
     }
@@ -789,6 +971,11 @@ void LocalProcessBackend::Impl::supervise() {
     Clock::time_point now = Clock::now();
     std::optional<Clock::time_point> next;
     for (const auto& instance : watch) {
+      if (instance->readiness) {
+        if (instance->readiness->deadline_hint() <= now) apply_readiness(instance, instance->readiness->tick(now));
+        auto due = instance->readiness->deadline_hint();
+        if (due != Clock::time_point::max()) next = next ? std::min(*next, due) : due;
+      }
       // Most instances have nothing due: skip them without their lock.
       if (instance->lifecycle.next_deadline_hint() > now) {
         auto due = instance->lifecycle.next_deadline_hint();
@@ -986,8 +1173,10 @@ Result<InstanceHandle> LocalProcessBackend::spawn_instance(const OopModuleConfig
 }
 
 Result<InstanceHandle> LocalProcessBackend::start_instance(const OopModuleConfig& config, InstanceEvents events) {
-  (void)events;
-  return ModuleRuntimeBackend::start_instance(config, {});
+  auto keep = impl_;
+  auto started = keep->start_child(config, std::move(events));
+  if (!started) return std::move(started).error();
+  return (*started)->handle;
 }
 
 Result<std::optional<ExitStatus>> LocalProcessBackend::stop_instance(const InstanceHandle& handle) {

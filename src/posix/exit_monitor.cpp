@@ -52,7 +52,6 @@ class PidfdExitMonitor final : public ExitMonitor {
 
   Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents,
                      std::function<void(std::string_view, bool)> on_notify) override {
-    (void)on_notify;  // TODO(readiness): being written
     auto entry = std::make_unique<Entry>();
     entry->pid = static_cast<pid_t>(process.pid());
     entry->on_exit = std::make_shared<std::function<void()>>(std::move(on_exit));
@@ -68,10 +67,22 @@ class PidfdExitMonitor final : public ExitMonitor {
       entry->fd = entry->owned.get();
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    if (on_notify && process.notify_handle() >= 0) {
+      entry->notify_fd = static_cast<int>(process.notify_handle());
+      entry->on_notify = std::make_shared<NotifyCallback>(std::move(on_notify));
+      epoll_event readable{};
+      readable.events = EPOLLIN;  // level-triggered: one read per wake-up, so a flood cannot starve exits
+      readable.data.ptr = tagged(&process, kNotifyTag);
+      if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->notify_fd, &readable) != 0) {
+        return Error{last_error(), "cannot watch the child's notification pipe: epoll_ctl failed"};
+      }
+      entry->notify_armed = true;
+    }
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.ptr = &process;
     if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, entry->fd, &event) != 0) {
+      if (entry->notify_armed) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry->notify_fd, nullptr);
       return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
     }
     watched_[&process] = std::move(entry);
@@ -84,6 +95,7 @@ class PidfdExitMonitor final : public ExitMonitor {
     if (it != watched_.end()) {
       if (!it->second->exited) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
       if (it->second->contents_armed) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->contents_fd, nullptr);
+      if (it->second->notify_armed) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->notify_fd, nullptr);
       watched_.erase(it);
     }
     // A callback already taken out runs without the lock: wait until it is
@@ -105,7 +117,11 @@ class PidfdExitMonitor final : public ExitMonitor {
 
  private:
   using Callback = std::shared_ptr<std::function<void()>>;
+  using NotifyCallback = std::function<void(std::string_view, bool)>;
   struct Entry {
+    int notify_fd = -1;
+    bool notify_armed = false;  // notify_fd is in the epoll set (until its end of file)
+    std::shared_ptr<NotifyCallback> on_notify;
     int fd = -1;
     UniqueFd owned;  // only when the process had no pidfd of its own
     int contents_fd = -1;
@@ -115,9 +131,53 @@ class PidfdExitMonitor final : public ExitMonitor {
     Callback on_exit, on_contents;
   };
 
-  // The contents watch of a process is told apart by the low bit (a Process
-  // is at least 8-byte aligned).
-  static void* tagged(Process* process) { return reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(process) | 1); }
+  // The contents and notification watches of a process are told apart by the
+  // low bits (a Process is at least 8-byte aligned).
+  static constexpr std::uintptr_t kContentsTag = 1, kNotifyTag = 2, kTags = 3;
+  static void* tagged(Process* process, std::uintptr_t tag = kContentsTag) {
+    return reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(process) | tag);
+  }
+
+  // One read from the notification pipe, handed over without the lock; end
+  // of file also takes the pipe out of the set. `drain` reads until nothing
+  // is left (before the exit is reported, so that what the child wrote before
+  // it exited comes first). Bounded: a child cannot keep it busy.
+  void read_notify(Process* process, bool drain) {
+    for (int round = 0; round < (drain ? 16 : 1); ++round) {
+      std::shared_ptr<NotifyCallback> callback;
+      int fd;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = watched_.find(process);
+        if (it == watched_.end() || !it->second->notify_armed) return;
+        callback = it->second->on_notify;
+        fd = it->second->notify_fd;
+        firing_ = process;
+      }
+      char buffer[4096];
+      ssize_t got;
+      do {
+        got = read(fd, buffer, sizeof buffer);
+      } while (got < 0 && errno == EINTR);
+      bool eof = got == 0 || (got < 0 && errno != EAGAIN);
+      if (eof) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = watched_.find(process);
+        if (it != watched_.end() && it->second->notify_armed) {
+          epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+          it->second->notify_armed = false;
+        }
+      }
+      if (got > 0) (*callback)(std::string_view(buffer, static_cast<std::size_t>(got)), false);
+      if (eof) (*callback)(std::string_view(), true);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        firing_ = nullptr;
+        idle_.notify_all();
+      }
+      if (got <= 0) return;
+    }
+  }
 
   // The pidfd turns readable when the child exits, but a child that was being
   // traced (a debugger, strace, a sanitizer's leak checker) at its exit cannot
@@ -134,6 +194,7 @@ class PidfdExitMonitor final : public ExitMonitor {
 
   // Runs one callback of `process` without the lock.
   void fire(Process* process, bool exit) {
+    if (exit) read_notify(process, true);
     Callback callback;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -196,8 +257,12 @@ class PidfdExitMonitor final : public ExitMonitor {
       for (int i = 0; i < count; ++i) {
         auto bits = reinterpret_cast<std::uintptr_t>(events[i].data.ptr);
         if (bits == 0) return;  // shutdown
-        auto* process = reinterpret_cast<Process*>(bits & ~std::uintptr_t{1});
-        if (bits & 1) {
+        auto* process = reinterpret_cast<Process*>(bits & ~kTags);
+        if ((bits & kTags) == kNotifyTag) {
+          read_notify(process, false);
+          continue;
+        }
+        if (bits & kContentsTag) {
           fire(process, false);
           continue;
         }
@@ -252,9 +317,13 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
 
   Result<void> watch(Process& process, std::function<void()> on_exit, std::function<void()> on_contents,
                      std::function<void(std::string_view, bool)> on_notify) override {
-    (void)on_notify;  // TODO(readiness): being written
     auto waiter = std::make_shared<Waiter>();
     waiter->on_exit = std::move(on_exit);
+    int notify_fd = -1;
+    if (on_notify && process.notify_handle() >= 0) {
+      notify_fd = static_cast<int>(process.notify_handle());
+      waiter->on_notify = std::move(on_notify);
+    }
     int contents_fd = -1;
     if (on_contents && process.contents_handle() >= 0) {
       waiter->cancel.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -263,12 +332,14 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
       waiter->on_contents = std::move(on_contents);
     }
     auto pid = static_cast<id_t>(process.pid());
-    auto thread = start_thread(kMonitorStackBytes, [waiter, pid, contents_fd] {
+    auto thread = start_thread(kMonitorStackBytes, [waiter, pid, contents_fd, notify_fd] {
       tls_waiter = waiter.get();
+      if (notify_fd >= 0 && !waiter->watch_notify(pid, notify_fd)) return waiter->end();
       siginfo_t info{};
       while (waitid(P_PID, pid, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
       }
       if (!waiter->run(waiter->on_exit)) return waiter->end();
+      waiter->mark_exited();
       while (contents_fd >= 0) {
         pollfd ready[2] = {{contents_fd, POLLPRI, 0}, {waiter->cancel.get(), POLLIN, 0}};
         if (poll(ready, 2, -1) < 0 && errno != EINTR) break;
@@ -327,13 +398,15 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
     std::mutex mutex;
     std::condition_variable changed;
     std::function<void()> on_exit, on_contents;
+    std::function<void(std::string_view, bool)> on_notify;
     UniqueFd cancel;  // an eventfd, only with on_contents
     bool cancelled = false, firing = false, exited = false, finished = false;
     std::unique_ptr<Thread> thread;
     bool thread_set = false;
 
     // Runs `callback` unless unwatched; false once unwatched.
-    bool run(const std::function<void()>& callback) {
+    template <typename Callback>
+    bool run(const Callback& callback) {
       std::unique_lock<std::mutex> lock(mutex);
       if (cancelled) return false;
       firing = true;
@@ -341,13 +414,52 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
       callback();
       lock.lock();
       firing = false;
-      exited = true;
       changed.notify_all();
       return !cancelled;
+    }
+    // Until the exit (or the pipe's end of file): waitid() cannot be polled,
+    // so this thread polls the notification pipe and checks for the exit
+    // every 50 ms. A cost of this fallback only (no pidfds), and only for
+    // modules with notification readiness. False once unwatched.
+    bool watch_notify(id_t pid, int fd) {
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (cancelled) return false;  // unwatched: a detached waiter ends here
+        }
+        pollfd readable{fd, POLLIN, 0};
+        if (poll(&readable, 1, 50) < 0 && errno != EINTR) return true;
+        siginfo_t info{};
+        bool exited_now = false;
+        if (readable.revents == 0) {
+          int result = waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT);
+          exited_now = result != 0 ? errno != EINTR : info.si_pid != 0;
+          if (!exited_now) continue;
+        }
+        // Readable, or exited: take what is there (everything, after the exit).
+        for (int round = 0; round < (exited_now ? 16 : 1); ++round) {
+          char buffer[4096];
+          ssize_t got;
+          do {
+            got = read(fd, buffer, sizeof buffer);
+          } while (got < 0 && errno == EINTR);
+          if (got < 0 && errno == EAGAIN) break;
+          bool eof = got <= 0;
+          std::string_view data(buffer, got > 0 ? static_cast<std::size_t>(got) : 0);
+          if (!run([&] { on_notify(data, eof); })) return false;
+          if (eof) return true;
+        }
+        if (exited_now) return true;
+      }
     }
     void end() {
       std::lock_guard<std::mutex> lock(mutex);
       finished = true;
+      changed.notify_all();
+    }
+    void mark_exited() {
+      std::lock_guard<std::mutex> lock(mutex);
+      exited = true;
       changed.notify_all();
     }
     void set_thread(std::unique_ptr<Thread> started) {

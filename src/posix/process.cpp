@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -60,8 +61,10 @@ struct ChildPlan {
   char* const* envp;
   const char* working_directory;  // or nullptr
   int stdin_fd, stdout_fd, stderr_fd;  // all >= 3
-  int error_fd;                        // >= 3, O_CLOEXEC
+  int error_fd;                        // >= 3 (>= 4 with notify_fd), O_CLOEXEC
   int cgroup_procs_fd;                 // -1, or the cgroup.procs to join (when clone3 could not)
+  int notify_fd;                       // -1, or the notification pipe's write end (>= 4), for descriptor 3
+  int first_closed;                    // 3, or 4 when descriptor 3 is the notification pipe
 };
 
 // The kernel's struct sigaction for rt_sigaction (not glibc's, whose layout differs).
@@ -125,12 +128,13 @@ MODKIT_CHILD_CODE void child_fail(const ChildPlan& plan, ChildStage stage, long 
   sys(SYS_exit, 127);
 }
 
-// Closes every descriptor >= 3 but the error pipe. Tried in order: mark all
-// close-on-exec (Linux 5.11), close two ranges (5.9), list /proc/self/fd, and
-// finally a loop to the descriptor limit.
+// Closes every descriptor from plan.first_closed on but the error pipe. Tried
+// in order: mark all close-on-exec (Linux 5.11), close two ranges (5.9), list
+// /proc/self/fd, and finally a loop to the descriptor limit.
 MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
-  if (sys(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return true;
-  if (sys(SYS_close_range, 3U, static_cast<unsigned>(plan.error_fd - 1), 0U) == 0 &&
+  const auto first = static_cast<unsigned>(plan.first_closed);
+  if (sys(SYS_close_range, first, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return true;
+  if (sys(SYS_close_range, first, static_cast<unsigned>(plan.error_fd - 1), 0U) == 0 &&
       sys(SYS_close_range, static_cast<unsigned>(plan.error_fd + 1), ~0U, 0U) == 0) {
     return true;
   }
@@ -147,7 +151,7 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
         const char* digit = entry->d_name;
         if (*digit < '0' || *digit > '9') continue;
         for (; *digit >= '0' && *digit <= '9'; ++digit) fd = fd * 10 + (*digit - '0');
-        if (fd >= 3 && fd != plan.error_fd && fd != dir) sys(SYS_close, fd);
+        if (fd >= plan.first_closed && fd != plan.error_fd && fd != dir) sys(SYS_close, fd);
       }
     }
     sys(SYS_close, dir);
@@ -166,7 +170,7 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
   constexpr int kChunk = 128;
   pollfd chunk[kChunk];
   KernelTimespec zero{0, 0};
-  for (unsigned long long base = 3; base < end; base += kChunk) {
+  for (unsigned long long base = first; base < end; base += kChunk) {
     int count = end - base < kChunk ? static_cast<int>(end - base) : kChunk;
     for (int i = 0; i < count; ++i) {
       chunk[i].fd = static_cast<int>(base) + i;
@@ -212,6 +216,11 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   for (int target = 0; target < 3; ++target) {
     int source = target == 0 ? plan.stdin_fd : target == 1 ? plan.stdout_fd : plan.stderr_fd;
     if (long error = sys(SYS_dup3, source, target, 0); error < 0) child_fail(plan, ChildStage::Descriptors, error);
+  }
+  // The notification pipe on 3 (its source is >= 4, so never equal), not
+  // close-on-exec; the close step below starts at 4.
+  if (plan.notify_fd >= 0) {
+    if (long error = sys(SYS_dup3, plan.notify_fd, 3, 0); error < 0) child_fail(plan, ChildStage::Descriptors, error);
   }
   if (plan.working_directory != nullptr) {
     if (long error = sys(SYS_chdir, plan.working_directory); error != 0) {
@@ -302,9 +311,9 @@ Error spawn_error(const SpawnRequest& request, const std::string& what, int erro
 
 // Moves a descriptor to >= 3 (keeping O_CLOEXEC), so that dup3 onto 0..2 in
 // the child can never clobber a source. Matters when the host closed stdin.
-bool lift_above_stdio(UniqueFd& fd) {
-  if (fd.get() >= 3) return true;
-  int lifted = fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
+bool lift_above_stdio(UniqueFd& fd, int lowest = 3) {
+  if (fd.get() >= lowest) return true;
+  int lifted = fcntl(fd.get(), F_DUPFD_CLOEXEC, lowest);
   if (lifted < 0) return false;
   fd.reset(lifted);
   return true;
@@ -383,7 +392,7 @@ class PosixProcess final : public Process {
  public:
   PosixProcess(std::string module, pid_t pid, UniqueFd pidfd, GracefulStop graceful_stop, UniqueFd stdin_write,
                std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes,
-               std::unique_ptr<posix::CgroupCell> cell)
+               std::unique_ptr<posix::CgroupCell> cell, UniqueFd notify_read)
       : module_(std::move(module)),
         pid_(pid),
         pidfd_(std::move(pidfd)),
@@ -392,12 +401,14 @@ class PosixProcess final : public Process {
         cell_(std::move(cell)),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
-        stderr_(std::move(err)) {}
+        stderr_(std::move(err)),
+        notify_read_(std::move(notify_read)) {}
 
   std::int64_t pid() const override { return pid_; }
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
   std::intptr_t exit_handle() const override { return pidfd_ ? pidfd_.get() : -1; }
+  std::intptr_t notify_handle() const override { return notify_read_ ? notify_read_.get() : -1; }
 
   Result<bool> request_stop() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -552,6 +563,7 @@ class PosixProcess final : public Process {
   std::optional<ExitStatus> status_;
   UniqueFd stdin_write_;
   std::unique_ptr<PipeReader> stdout_, stderr_;
+  const UniqueFd notify_read_;  // non-blocking; read only by the exit monitor
 };
 
 // A mapping for the child's stack with an inaccessible guard page below it,
@@ -602,6 +614,15 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto check = check_working_directory(request);
   if (!check) return std::move(check).error();
   std::vector<std::string> environment = posix::build_environment(environ, request.env, request.clear_environment);
+  // Only modkit names the notification descriptor: a host that is itself a
+  // module must not hand its own (or a stale watchdog interval) on.
+  environment.erase(std::remove_if(environment.begin(), environment.end(),
+                                   [&](const std::string& entry) {
+                                     return entry.rfind("MODKIT_NOTIFY_FD=", 0) == 0 ||
+                                            (!request.notify && entry.rfind("MODKIT_WATCHDOG_MS=", 0) == 0);
+                                   }),
+                    environment.end());
+  if (request.notify) environment.push_back("MODKIT_NOTIFY_FD=3");
   auto path = resolve_binary(request, environment);
   if (!path) return std::move(path).error();
 
@@ -630,6 +651,16 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   }
   UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake || !lift_above_stdio(wake)) return spawn_error(request, "cannot create an eventfd", errno);
+  // The notification pipe: the child's end goes to descriptor 3, so it and
+  // the error pipe (used after that step) must not be 3 themselves. The
+  // parent's end is read by the exit monitor, never blocking.
+  Pipe notify;
+  if (request.notify) {
+    if (!make_pipe(notify) || !lift_above_stdio(notify.write_end, 4) || !lift_above_stdio(failure.write_end, 4) ||
+        fcntl(notify.read_end.get(), F_SETFL, O_NONBLOCK) != 0) {
+      return spawn_error(request, "cannot create the notification pipe", errno);
+    }
+  }
   // The parent's read ends never block: the reader polls them with the eventfd.
   if (fcntl(out.read_end.get(), F_SETFL, O_NONBLOCK) != 0 || fcntl(err.read_end.get(), F_SETFL, O_NONBLOCK) != 0) {
     return spawn_error(request, "cannot configure pipes", errno);
@@ -656,7 +687,9 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                  out.write_end.get(),
                  err.write_end.get(),
                  failure.write_end.get(),
-                 -1};
+                 -1,
+                 request.notify ? notify.write_end.get() : -1,
+                 request.notify ? 4 : 3};
   ChildStack stack;
   if (!stack.top()) return spawn_error(request, "cannot map the child's stack", errno);
 
@@ -724,6 +757,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   out.write_end.reset();
   err.write_end.reset();
   failure.write_end.reset();
+  notify.write_end.reset();
   stdin_source.reset();
   ChildFailure report{};
   ssize_t got;
@@ -763,7 +797,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto stderr_reader = std::make_unique<posix::PosixPipeReader>(std::move(err.read_end), shared_wake);
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
       request.module, pid, std::move(owned_pidfd), request.graceful_stop, std::move(stdin_pipe.write_end),
-      std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes), std::move(cell)));
+      std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes), std::move(cell),
+      std::move(notify.read_end)));
 }
 
 }  // namespace modkit::platform
