@@ -15,6 +15,7 @@ set(MODKIT_CORE_SOURCES
   src/core/time_source.cpp
   src/core/uuid.cpp
   src/mock/mock_backend.cpp
+  src/supervision/restart_policy.cpp
   src/supervision/supervisor.cpp)
 set(MODKIT_POSIX_SOURCES
   src/posix/cgroup.cpp

@@ -1,9 +1,10 @@
 // modkit-run: a small supervisor built on modkit. Runs the modules it is
-// given, forwards their logs, stops them all on Ctrl-C / SIGTERM (or after
-// --seconds). With --example it runs three built-in sample modules.
+// given, forwards their logs, restarts them by their policy, stops them all
+// on Ctrl-C / SIGTERM (or after --seconds). With --example it runs three
+// built-in sample modules.
 //
-//   modkit-run [--json] [--seconds N] --example
-//   modkit-run [--json] [--seconds N] NAME=PROGRAM [ARG...] [--- NAME=PROGRAM [ARG...]]...
+// Each module runs under a Supervisor with its own restart policy, readiness
+// and backoff (see usage() and the README's "modkit-run").
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -28,8 +29,16 @@ namespace {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: modkit-run [--json] [--seconds N] --example\n"
-               "       modkit-run [--json] [--seconds N] NAME=PROGRAM [ARG...] [--- NAME=PROGRAM [ARG...]]...\n");
+               "usage: modkit-run [GLOBAL...] --example\n"
+               "       modkit-run [GLOBAL...] --file FILE\n"
+               "       modkit-run [GLOBAL...] MODULE [--- MODULE]...\n"
+               "GLOBAL: --json  --seconds N  --grace MS  --strategy one-for-one|one-for-all|rest-for-one\n"
+               "MODULE: [--restart=never|on-failure|always] [--ready=notify|line:PREFIX] [--ready-timeout=MS]\n"
+               "        [--watchdog=MS] [--backoff=INITIAL_MS,MULTIPLIER,MAX_MS] [--jitter=F] [--reset-after=MS]\n"
+               "        [--give-up-after=N] [--max-restarts=N/PERIOD_MS] [--success-codes=A,B] [--prevent-codes=A,B]\n"
+               "        NAME=PROGRAM [ARG...]\n"
+               "FILE: one MODULE per line; '#' starts a comment; \"double quotes\" keep spaces in a word.\n"
+               "Exit code: 0, or 3 when a module gave up, 1 when one could not start, 2 for usage errors.\n");
   return 2;
 }
 
@@ -75,6 +84,210 @@ void cancel_on_signals(modkit::CancellationToken& token) {
 }
 #endif
 
+// --- Module specs: "--key=value ... NAME=PROGRAM ARG..." ------------------
+
+bool parse_int(const std::string& text, long long& value) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  value = std::strtoll(text.c_str(), &end, 10);
+  return end && *end == '\0';
+}
+
+bool parse_ms(const std::string& text, std::chrono::milliseconds& value) {
+  long long number = 0;
+  if (!parse_int(text, number) || number < 0) return false;
+  value = std::chrono::milliseconds(number);
+  return true;
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::size_t begin = 0;
+  for (;;) {
+    std::size_t end = text.find(separator, begin);
+    parts.push_back(text.substr(begin, end == std::string::npos ? std::string::npos : end - begin));
+    if (end == std::string::npos) return parts;
+    begin = end + 1;
+  }
+}
+
+bool parse_codes(const std::string& text, std::vector<int>& codes) {
+  codes.clear();
+  for (const auto& part : split(text, ',')) {
+    long long code = 0;
+    if (!parse_int(part, code)) return false;
+    codes.push_back(static_cast<int>(code));
+  }
+  return true;
+}
+
+// One module option; false (with a message) when it is not understood.
+bool apply_option(const std::string& key, const std::string& value, modkit::ChildSpec& spec, std::string& error) {
+  modkit::Readiness& ready = spec.config.readiness;
+  bool ok = true;
+  if (key == "--restart") {
+    if (value == "never") spec.restart = modkit::RestartPolicy::Never;
+    else if (value == "on-failure") spec.restart = modkit::RestartPolicy::OnFailure;
+    else if (value == "always") spec.restart = modkit::RestartPolicy::Always;
+    else ok = false;
+  } else if (key == "--ready") {
+    if (value == "notify") {
+      ready.mode = modkit::Readiness::Mode::Notify;
+    } else if (value.rfind("line:", 0) == 0 && value.size() > 5) {
+      ready.mode = modkit::Readiness::Mode::StdoutLine;
+      ready.line_prefix = value.substr(5);
+    } else {
+      ok = false;
+    }
+  } else if (key == "--ready-timeout") {
+    ok = parse_ms(value, ready.timeout);
+  } else if (key == "--watchdog") {
+    ok = parse_ms(value, ready.watchdog);
+  } else if (key == "--backoff") {
+    auto parts = split(value, ',');
+    ok = parts.size() == 3 && parse_ms(parts[0], spec.backoff.initial) && parse_ms(parts[2], spec.backoff.maximum);
+    if (ok) {
+      char* end = nullptr;
+      spec.backoff.multiplier = std::strtod(parts[1].c_str(), &end);
+      ok = end && *end == '\0';
+    }
+  } else if (key == "--jitter") {
+    char* end = nullptr;
+    spec.backoff.jitter = std::strtod(value.c_str(), &end);
+    ok = !value.empty() && end && *end == '\0';
+  } else if (key == "--reset-after") {
+    ok = parse_ms(value, spec.reset_after);
+  } else if (key == "--give-up-after") {
+    long long count = 0;
+    ok = parse_int(value, count) && count >= 0;
+    spec.give_up.max_consecutive_failures = static_cast<int>(count);
+  } else if (key == "--max-restarts") {
+    auto parts = split(value, '/');
+    long long count = 0;
+    ok = parts.size() == 2 && parse_int(parts[0], count) && count >= 0 && parse_ms(parts[1], spec.give_up.period);
+    spec.give_up.max_restarts = static_cast<int>(count);
+  } else if (key == "--success-codes") {
+    ok = parse_codes(value, spec.success_exit_codes);
+  } else if (key == "--prevent-codes") {
+    ok = parse_codes(value, spec.prevent_restart_exit_codes);
+  } else {
+    error = "unknown module option '" + key + "'";
+    return false;
+  }
+  if (!ok) error = "bad value '" + value + "' for " + key;
+  return ok;
+}
+
+// Parses words[index...] up to "---" (or the end) into one module.
+bool parse_module(const std::vector<std::string>& words, std::size_t& index, modkit::ChildSpec& spec,
+                  std::string& error) {
+  spec.config.backend = modkit::BackendKind::LocalProcess;
+  for (; index < words.size() && words[index].rfind("--", 0) == 0; ++index) {
+    std::size_t equals = words[index].find('=');
+    if (equals == std::string::npos) {
+      error = "module option '" + words[index] + "' needs a value (--key=value)";
+      return false;
+    }
+    if (!apply_option(words[index].substr(0, equals), words[index].substr(equals + 1), spec, error)) return false;
+  }
+  if (index >= words.size()) {
+    error = "a module needs NAME=PROGRAM";
+    return false;
+  }
+  const std::string& head = words[index++];
+  std::size_t equals = head.find('=');
+  if (equals == std::string::npos || equals == 0 || equals + 1 == head.size()) {
+    error = "expected NAME=PROGRAM, got '" + head + "'";
+    return false;
+  }
+  spec.id = head.substr(0, equals);
+  spec.config.name = spec.id;
+  spec.config.binary = head.substr(equals + 1);
+  while (index < words.size() && words[index] != "---") spec.config.args.push_back(words[index++]);
+  if (index < words.size()) ++index;  // the "---"
+  return true;
+}
+
+// A line of a module file, split into words ("double quotes" keep spaces).
+std::vector<std::string> words_of(const std::string& line) {
+  std::vector<std::string> words;
+  std::string word;
+  bool in_word = false, quoted = false;
+  for (char c : line) {
+    if (quoted) {
+      if (c == '"') {
+        quoted = false;
+      } else {
+        word += c;
+      }
+    } else if (c == '"') {
+      quoted = in_word = true;
+    } else if (c == '#' && !in_word) {
+      break;
+    } else if (c == ' ' || c == '\t' || c == '\r') {
+      if (in_word) words.push_back(word);
+      word.clear();
+      in_word = false;
+    } else {
+      word += c;
+      in_word = true;
+    }
+  }
+  if (in_word) words.push_back(word);
+  return words;
+}
+
+bool read_module_file(const char* path, std::vector<modkit::ChildSpec>& specs, std::string& error) {
+  std::FILE* file = std::fopen(path, "r");
+  if (!file) {
+    error = std::string("cannot open '") + path + "'";
+    return false;
+  }
+  char buffer[8192];
+  int line_number = 0;
+  bool ok = true;
+  while (ok && std::fgets(buffer, sizeof buffer, file)) {
+    ++line_number;
+    std::string line(buffer);
+    if (!line.empty() && line.back() == '\n') line.pop_back();
+    auto words = words_of(line);
+    if (words.empty()) continue;
+    std::size_t index = 0;
+    modkit::ChildSpec spec;
+    ok = parse_module(words, index, spec, error) && index == words.size();
+    if (!ok) {
+      if (error.empty()) error = "'---' is not used in a file (one module per line)";
+      error = std::string(path) + ":" + std::to_string(line_number) + ": " + error;
+    }
+    specs.push_back(std::move(spec));
+  }
+  std::fclose(file);
+  return ok;
+}
+
+// The built-in example: a service ready by notification, a worker ready by a
+// stdout line, and a module that fails at once, backs off and gives up.
+std::vector<modkit::ChildSpec> example_specs(const std::string& self) {
+  std::vector<modkit::ChildSpec> specs;
+  for (const char* kind : {"api", "worker", "flaky"}) {
+    modkit::ChildSpec spec;
+    spec.id = kind;
+    spec.config = modkit::OopModuleConfig(kind, modkit::BackendKind::LocalProcess);
+    spec.config.binary = self;
+    spec.config.args = {"--sample-module", kind};
+    specs.push_back(std::move(spec));
+  }
+  specs[0].restart = modkit::RestartPolicy::Always;
+  specs[0].config.readiness.mode = modkit::Readiness::Mode::Notify;
+  specs[0].config.readiness.timeout = std::chrono::milliseconds(3000);
+  specs[1].config.readiness.mode = modkit::Readiness::Mode::StdoutLine;
+  specs[1].config.readiness.line_prefix = "2026-01-01T00:00:00Z  INFO worker: ready";
+  specs[2].backoff.initial = std::chrono::milliseconds(100);
+  specs[2].backoff.multiplier = 2.0;
+  specs[2].give_up.max_consecutive_failures = 4;
+  return specs;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -84,35 +297,52 @@ int main(int argc, char** argv) {
   }
   bool json = false;
   double seconds = 0;
-  std::vector<modkit::OopModuleConfig> modules;
-  int i = 1;
-  for (; i < argc && argv[i][0] == '-' && std::strcmp(argv[i], "---") != 0; ++i) {
-    if (std::strcmp(argv[i], "--json") == 0) {
+  long long grace_ms = 5000;
+  modkit::Strategy strategy = modkit::Strategy::OneForOne;
+  std::vector<modkit::ChildSpec> specs;
+  std::vector<std::string> words(argv + 1, argv + argc);
+  std::size_t i = 0;
+  std::string error;
+  bool modules_given = false;
+  for (; i < words.size() && words[i].rfind("--", 0) == 0 && words[i].find('=') == std::string::npos; ++i) {
+    const std::string& word = words[i];
+    bool has_value = i + 1 < words.size();
+    if (word == "--json") {
       json = true;
-    } else if (std::strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
-      seconds = std::atof(argv[++i]);
-    } else if (std::strcmp(argv[i], "--example") == 0) {
-      for (const char* kind : {"api", "worker", "flaky"}) {
-        modkit::OopModuleConfig config(kind, modkit::BackendKind::LocalProcess);
-        config.binary = own_path(argv[0]);
-        config.args = {"--sample-module", kind};
-        modules.push_back(std::move(config));
+    } else if (word == "--seconds" && has_value) {
+      seconds = std::atof(words[++i].c_str());
+    } else if (word == "--grace" && has_value) {
+      if (!parse_int(words[++i], grace_ms) || grace_ms < 0) return usage();
+    } else if (word == "--strategy" && has_value) {
+      const std::string& name = words[++i];
+      if (name == "one-for-one") strategy = modkit::Strategy::OneForOne;
+      else if (name == "one-for-all") strategy = modkit::Strategy::OneForAll;
+      else if (name == "rest-for-one") strategy = modkit::Strategy::RestForOne;
+      else return usage();
+    } else if (word == "--example") {
+      auto example = example_specs(own_path(argv[0]));
+      specs.insert(specs.end(), example.begin(), example.end());
+      modules_given = true;
+    } else if (word == "--file" && has_value) {
+      if (!read_module_file(words[++i].c_str(), specs, error)) {
+        std::fprintf(stderr, "modkit-run: %s\n", error.c_str());
+        return 2;
       }
+      modules_given = true;
     } else {
       return usage();
     }
   }
-  while (i < argc) {  // NAME=PROGRAM ARG... up to the next "---"
-    std::string spec = argv[i++];
-    std::size_t equals = spec.find('=');
-    if (equals == std::string::npos || equals == 0) return usage();
-    modkit::OopModuleConfig config(spec.substr(0, equals), modkit::BackendKind::LocalProcess);
-    config.binary = spec.substr(equals + 1);
-    while (i < argc && std::strcmp(argv[i], "---") != 0) config.args.push_back(argv[i++]);
-    if (i < argc) ++i;
-    modules.push_back(std::move(config));
+  while (i < words.size()) {
+    modkit::ChildSpec spec;
+    if (!parse_module(words, i, spec, error)) {
+      std::fprintf(stderr, "modkit-run: %s\n", error.c_str());
+      return usage();
+    }
+    specs.push_back(std::move(spec));
+    modules_given = true;
   }
-  if (modules.empty()) return usage();
+  if (!modules_given || specs.empty()) return usage();
 
   modkit::CancellationToken token;
   std::shared_ptr<modkit::LogSink> sink;
@@ -121,31 +351,46 @@ int main(int argc, char** argv) {
   } else {
     sink = std::make_shared<modkit::TextLogSink>(stdout);
   }
-  auto created = modkit::LocalProcessBackend::create(token, sink);
-  if (!created) {
-    std::fprintf(stderr, "modkit-run: %s\n", created.error().message.c_str());
+  modkit::LocalProcessOptions options;
+  options.shutdown_grace = std::chrono::milliseconds(grace_ms);
+  options.stop_grace = std::chrono::milliseconds(grace_ms);
+  auto backend = modkit::LocalProcessBackend::create(token, sink, options);
+  if (!backend) {
+    std::fprintf(stderr, "modkit-run: %s\n", backend.error().message.c_str());
     return 1;
   }
-  modkit::LocalProcessBackend& backend = **created;
+  modkit::SupervisorOptions supervision;
+  supervision.strategy = strategy;
+  auto supervisor = modkit::Supervisor::create(std::move(*backend), token, sink, supervision);
+  if (!supervisor) {
+    std::fprintf(stderr, "modkit-run: %s\n", supervisor.error().message.c_str());
+    return 1;
+  }
   cancel_on_signals(token);
 
+  // In order, each once the one before is ready (Supervisor::start waits).
   int failures = 0;
-  for (const auto& config : modules) {
-    auto handle = backend.spawn_instance(config);
-    if (!handle) {
-      std::fprintf(stderr, "modkit-run: %s\n", handle.error().message.c_str());
+  for (auto& spec : specs) {
+    if (token.is_cancelled()) break;
+    auto started = (*supervisor)->start(std::move(spec));
+    if (!started) {
+      std::fprintf(stderr, "modkit-run: %s\n", started.error().message.c_str());
       ++failures;
     }
   }
-  if (failures == static_cast<int>(modules.size())) return 1;
 
-  if (seconds > 0) {
-    token.wait_for(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(seconds)));
-  } else {
-    token.wait();
+  if (failures < static_cast<int>(specs.size())) {
+    if (seconds > 0) {
+      token.wait_for(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(seconds)));
+    } else {
+      token.wait();
+    }
   }
   token.cancel();
-  backend.wait_for_shutdown();
+  (*supervisor)->wait_for_shutdown();
+  bool gave_up = (*supervisor)->any_gave_up();
+  supervisor->reset();
+  if (gave_up) return 3;
   return failures == 0 ? 0 : 1;
 }

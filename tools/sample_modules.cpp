@@ -2,9 +2,17 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <thread>
+
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <unistd.h>
+#endif
 
 namespace modkit_run {
 namespace {
@@ -14,10 +22,30 @@ void on_term(int) { g_stop = 1; }
 
 void pause_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
-// A JSON-logging service that shuts down cleanly on SIGTERM.
+// Readiness::Mode::Notify from the module's side: one line on the
+// descriptor (POSIX) or handle (Windows) named in MODKIT_NOTIFY_FD.
+void notify(const std::string& line) {
+  const char* value = std::getenv("MODKIT_NOTIFY_FD");
+  if (!value) return;
+  std::string text = line + "\n";
+#ifdef _WIN32
+  HANDLE handle = reinterpret_cast<HANDLE>(static_cast<std::intptr_t>(std::strtoll(value, nullptr, 10)));
+  DWORD written = 0;
+  WriteFile(handle, text.data(), static_cast<DWORD>(text.size()), &written, nullptr);
+#else
+  (void)!write(static_cast<int>(std::strtol(value, nullptr, 10)), text.data(), text.size());
+#endif
+}
+
+// A JSON-logging service: says when it is ready on its notification
+// descriptor, and shuts down cleanly on SIGTERM.
 int api() {
   std::signal(SIGTERM, on_term);
+  notify("STATUS=loading routes");
+  pause_ms(300);
   std::printf("{\"level\":\"info\",\"msg\":\"api listening\",\"port\":8080}\n");
+  std::fflush(stdout);
+  notify("READY=1");
   for (int request = 1; !g_stop; ++request) {
     std::printf("{\"level\":\"debug\",\"msg\":\"handled request\",\"id\":%d}\n", request);
     if (request % 4 == 0) std::printf("{\"level\":\"warn\",\"msg\":\"slow request\",\"id\":%d}\n", request);
@@ -28,9 +56,12 @@ int api() {
   return 0;
 }
 
-// A tracing-style worker that writes progress to stdout and trouble to stderr.
+// A tracing-style worker, ready once it prints "worker: ready".
 int worker() {
   std::signal(SIGTERM, on_term);
+  pause_ms(200);
+  std::printf("2026-01-01T00:00:00Z  INFO worker: ready\n");
+  std::fflush(stdout);
   for (int job = 1; !g_stop; ++job) {
     std::printf("2026-01-01T00:00:00Z  INFO worker: finished job %d\n", job);
     if (job % 3 == 0) std::fprintf(stderr, "2026-01-01T00:00:00Z ERROR worker: job %d retried\n", job);
@@ -41,14 +72,12 @@ int worker() {
   return 0;
 }
 
-// Crashes after a short while, to show crash reporting.
+// Fails at once, every time: a crash loop for the supervisor to back off
+// from and give up on.
 int flaky() {
-  std::printf("2026-01-01T00:00:00Z DEBUG flaky: warming up\n");
-  std::fflush(stdout);
-  pause_ms(1500);
-  std::fprintf(stderr, "2026-01-01T00:00:00Z ERROR flaky: about to crash\n");
+  std::fprintf(stderr, "2026-01-01T00:00:00Z ERROR flaky: cannot open /nonexistent/config\n");
   std::fflush(stderr);
-  std::abort();
+  return 3;
 }
 
 }  // namespace
