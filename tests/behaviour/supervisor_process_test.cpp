@@ -52,6 +52,11 @@ class EventLog {
     return result;
   }
   std::size_t count(const std::string& child, Kind kind) const { return of(child, kind).size(); }
+  /// Every event, in the order on_event got them.
+  std::vector<Seen> all() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return events_;
+  }
   bool wait_count(const std::string& child, Kind kind, std::size_t n, milliseconds timeout = kWait) {
     std::unique_lock<std::mutex> lock(mutex_);
     return changed_.wait_for(lock, timeout, [&] {
@@ -324,6 +329,84 @@ TEST(SupervisorProcess, StartWaitsForNotifyReadiness) {
   EXPECT_EQ(refused.error().code, std::make_error_code(std::errc::timed_out)) << refused.error();
   EXPECT_FALSE(world.supervisor->status("silent"));
   EXPECT_TRUE(world.live("silent").empty());
+}
+
+// A child that says it is ready at once on its notification descriptor.
+ChildSpec ready_spec(const std::string& id, std::vector<std::string> script) {
+  script.insert(script.begin(), {"notify", "READY=1"});
+  ChildSpec spec = process_spec(id, std::move(script));
+  spec.config.readiness.mode = Readiness::Mode::Notify;
+  spec.config.readiness.timeout = 5000ms;
+  return spec;
+}
+
+// "kind:child:generation" for the Stopped, Started and Ready events after `from`.
+std::vector<std::string> order_after(const std::vector<Seen>& events, std::size_t from) {
+  std::vector<std::string> order;
+  for (std::size_t i = from; i < events.size(); ++i) {
+    const auto& event = events[i].event;
+    if (event.kind != Kind::Stopped && event.kind != Kind::Started && event.kind != Kind::Ready) continue;
+    order.push_back(std::string(to_string(event.kind)) + ":" + event.child_id + ":" + std::to_string(event.generation));
+  }
+  return order;
+}
+
+std::size_t index_of_exit(const std::vector<Seen>& events, const std::string& child) {
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i].event.kind == Kind::Exited && events[i].event.child_id == child) return i;
+  }
+  return events.size();
+}
+
+TEST(SupervisorProcess, OneForAllStopsTheOthersInReverseAndStartsAllInOrderEachOnceReady) {
+  SupervisorOptions options;
+  options.strategy = Strategy::OneForAll;
+  ProcessWorld world(options);
+  ASSERT_TRUE(world.start(ready_spec("a", {"sleep", "30"})));
+  ChildSpec b = ready_spec("b", {"sleep", "0.3", "exit", "3"});
+  b.give_up.max_consecutive_failures = 1;  // one group restart, then b gives up
+  ASSERT_TRUE(world.start(b));
+  auto c = world.start(ready_spec("c", {"sleep", "30"}));
+  ASSERT_TRUE(c && c->instance);
+  ASSERT_TRUE(world.events.wait_count("c", Kind::Ready, 2));
+  auto events = world.events.all();
+  std::size_t exit_of_b = index_of_exit(events, "b");
+  ASSERT_LT(exit_of_b, events.size());
+  auto order = order_after(events, exit_of_b);
+  std::vector<std::string> expected = {"stopped:c:1", "stopped:a:1", "started:a:2", "ready:a:2",
+                                       "started:b:2", "ready:b:2",   "started:c:2", "ready:c:2"};
+  ASSERT_GE(order.size(), expected.size());
+  order.resize(expected.size());
+  EXPECT_EQ(order, expected);
+  ASSERT_TRUE(world.events.wait_count("b", Kind::GaveUp, 1));
+  auto c_now = world.supervisor->status("c");
+  ASSERT_TRUE(c_now && c_now->instance);
+  EXPECT_NE(c_now->instance->pid, c->instance->pid);
+  EXPECT_EQ(c_now->restarts, 0u);  // a strategy's restart is not the policy's
+}
+
+TEST(SupervisorProcess, RestForOneRestartsTheChildAndThoseAfterItOnly) {
+  SupervisorOptions options;
+  options.strategy = Strategy::RestForOne;
+  ProcessWorld world(options);
+  auto a = world.start(ready_spec("a", {"sleep", "30"}));
+  ASSERT_TRUE(a && a->instance);
+  ChildSpec b = ready_spec("b", {"sleep", "0.3", "exit", "3"});
+  b.give_up.max_consecutive_failures = 1;
+  ASSERT_TRUE(world.start(b));
+  ASSERT_TRUE(world.start(ready_spec("c", {"sleep", "30"})));
+  ASSERT_TRUE(world.events.wait_count("c", Kind::Ready, 2));
+  auto events = world.events.all();
+  auto order = order_after(events, index_of_exit(events, "b"));
+  std::vector<std::string> expected = {"stopped:c:1", "started:b:2", "ready:b:2", "started:c:2", "ready:c:2"};
+  ASSERT_GE(order.size(), expected.size());
+  order.resize(expected.size());
+  EXPECT_EQ(order, expected);
+  auto a_now = world.supervisor->status("a");
+  ASSERT_TRUE(a_now && a_now->instance);
+  EXPECT_EQ(a_now->generation, 1u);
+  EXPECT_EQ(a_now->instance->pid, a->instance->pid);
+  EXPECT_EQ(world.events.count("a", Kind::Stopped), 0u);
 }
 
 }  // namespace
