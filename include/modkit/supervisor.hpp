@@ -164,9 +164,12 @@ class Supervisor {
   Supervisor& operator=(const Supervisor&) = delete;
 
   /// Adds a child and starts its first incarnation; returns once it is ready
-  /// (or started, without readiness). Errors: invalid_argument (empty or
-  /// duplicate id, bad backoff or limits), the backend's spawn and readiness
-  /// errors (the child is then not kept), operation_canceled after shutdown.
+  /// (or started, without readiness), waiting at most readiness.timeout + 5 s.
+  /// Errors: invalid_argument (empty or duplicate id, bad backoff or limits,
+  /// naming the field), the backend's spawn and readiness errors (timed_out,
+  /// no_such_process: the child is then not kept), operation_canceled after
+  /// shutdown, resource_deadlock_would_occur when called from on_event for a
+  /// child that needs readiness (that thread reports it).
   Result<ChildStatus> start(ChildSpec spec);
   /// Stops the child's incarnation (the backend's graceful stop) and cancels a
   /// pending restart; the child stays, Stopped. Errors: invalid_argument
@@ -174,10 +177,14 @@ class Supervisor {
   Result<void> stop(std::string_view id);
   /// Stops the child's incarnation if one runs, then starts a new one (a new
   /// generation), whatever its state (GaveUp included): this child only, and
-  /// resets its backoff and failure row. Returns once it is ready. Errors:
-  /// invalid_argument (unknown id), the stop's and the start's errors.
+  /// resets its backoff, failure row and give-up window. Returns once it is
+  /// ready. Errors: invalid_argument (unknown id), device_or_resource_busy
+  /// (its start or restart is under way on another thread), the stop's and
+  /// the start's errors (the child is then Exited, not restarted by policy),
+  /// resource_deadlock_would_occur as for start().
   Result<ChildStatus> restart(std::string_view id);
-  /// Stops the child and forgets it. Errors: invalid_argument (unknown id).
+  /// Stops the child and forgets it. Errors: invalid_argument (unknown id),
+  /// the backend's stop errors (the child is forgotten all the same).
   Result<void> remove(std::string_view id);
   /// Errors: invalid_argument (unknown id).
   Result<ChildStatus> status(std::string_view id) const;

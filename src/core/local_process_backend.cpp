@@ -300,6 +300,12 @@ void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLev
 // A readiness failure ends the instance like a stop (graceful step, grace,
 // kill, drain), under its own reason.
 void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, core::ReadinessTracker::Effects effects) {
+  // An instance already ending for another cause (a stop, the shutdown) did
+  // not fail its readiness: it was not given the time to be ready.
+  if (effects.failed) {
+    int reason = instance->end_reason.load();
+    if (reason >= 0 && reason != static_cast<int>(*effects.failed)) effects.failed.reset();
+  }
   std::vector<PendingRecord> events;
   for (auto& notice : effects.notices) {
     if (notice) {
@@ -522,16 +528,24 @@ Result<InstanceHandle> LocalProcessBackend::Impl::wait_until_ready(const Instanc
     std::unique_lock<std::mutex> lock(state_mutex_);
     state_changed_.wait_until(lock, tracker.deadline_hint(), [&] { return generation_ != seen; });
   }
-  const bool cancelled = tracker.state() != core::ReadyState::Failed && token_.is_cancelled();
+  // Stopped (the shutdown, or a stop_instance from another thread) before it
+  // could be ready: not a readiness failure.
+  const int reason = instance->end_reason.load();
+  const bool cancelled = reason == static_cast<int>(ExitStatus::Reason::Stopped) ||
+                         (reason < 0 && tracker.state() != core::ReadyState::Failed && token_.is_cancelled());
   Clock::time_point deadline = Clock::now() + options_.stop_grace;
-  if (cancelled) {
+  if (token_.is_cancelled()) {
     observe_cancel();
     std::lock_guard<std::mutex> lock(state_mutex_);
     deadline = shutdown_deadline_;
   }
   stop_group({instance}, deadline);
   const std::string& module = instance->handle.module;
-  if (cancelled) return cancelled_error(module);
+  if (cancelled && token_.is_cancelled()) return cancelled_error(module);
+  if (cancelled) {
+    return make_error(std::errc::operation_canceled,
+                      "module '" + module + "': stopped (stop_instance) before it was ready");
+  }
   std::string ended = " (it was stopped)";
   if (auto status = instance->lifecycle.status()) ended = " (" + describe(*status) + ")";
   switch (static_cast<ExitStatus::Reason>(instance->end_reason.load())) {

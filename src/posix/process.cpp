@@ -616,10 +616,13 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   std::vector<std::string> environment = posix::build_environment(environ, request.env, request.clear_environment);
   // Only modkit names the notification descriptor: a host that is itself a
   // module must not hand its own (or a stale watchdog interval) on.
+  bool watchdog_given = false;
+  for (const auto& entry : request.env) watchdog_given = watchdog_given || entry.first == "MODKIT_WATCHDOG_MS";
   environment.erase(std::remove_if(environment.begin(), environment.end(),
                                    [&](const std::string& entry) {
                                      return entry.rfind("MODKIT_NOTIFY_FD=", 0) == 0 ||
-                                            (!request.notify && entry.rfind("MODKIT_WATCHDOG_MS=", 0) == 0);
+                                            (!(request.notify && watchdog_given) &&
+                                             entry.rfind("MODKIT_WATCHDOG_MS=", 0) == 0);
                                    }),
                     environment.end());
   if (request.notify) environment.push_back("MODKIT_NOTIFY_FD=3");

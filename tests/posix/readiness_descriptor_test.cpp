@@ -32,6 +32,18 @@ TEST(ReadinessDescriptor, OnlyTheModuleThatAskedGetsOne) {
   ASSERT_TRUE(f.backend->stop_instance(*a));
 }
 
+TEST(ReadinessDescriptor, AModuleWithoutAWatchdogGetsNoInterval) {
+  ASSERT_EQ(setenv("MODKIT_WATCHDOG_MS", "1000", 1), 0);
+  Fixture f;
+  OopModuleConfig config = child_config("nodog", {"notify-env", "notify", "READY=1"});
+  config.readiness.mode = Readiness::Mode::Notify;
+  auto run = run_to_end(f, config);
+  unsetenv("MODKIT_WATCHDOG_MS");
+  ASSERT_TRUE(run.ok);
+  ASSERT_FALSE(run.out.empty());
+  EXPECT_EQ(run.out[0], "notify-env 3 watchdog unset");
+}
+
 TEST(ReadinessDescriptor, WorksWithTheWaiterThreadMonitorToo) {
   LocalProcessOptions options = Fixture::fast_options();
   options.use_pidfd = false;
