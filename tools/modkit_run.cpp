@@ -5,7 +5,11 @@
 //
 // Each module runs under a Supervisor with its own restart policy, readiness
 // and backoff (see usage() and the README's "modkit-run").
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -86,18 +90,38 @@ void cancel_on_signals(modkit::CancellationToken& token) {
 
 // --- Module specs: "--key=value ... NAME=PROGRAM ARG..." ------------------
 
-bool parse_int(const std::string& text, long long& value) {
+// Whole numbers only, within [minimum, maximum]: strtoll saturates out of
+// range (ERANGE), and a count must fit the int it goes to.
+bool parse_int(const std::string& text, long long& value, long long minimum = LLONG_MIN, long long maximum = LLONG_MAX) {
   if (text.empty()) return false;
   char* end = nullptr;
+  errno = 0;
   value = std::strtoll(text.c_str(), &end, 10);
-  return end && *end == '\0';
+  return errno != ERANGE && end && *end == '\0' && value >= minimum && value <= maximum;
 }
 
-bool parse_ms(const std::string& text, std::chrono::milliseconds& value) {
+bool parse_count(const std::string& text, int& value) {
   long long number = 0;
-  if (!parse_int(text, number) || number < 0) return false;
+  if (!parse_int(text, number, 0, INT_MAX)) return false;
+  value = static_cast<int>(number);
+  return true;
+}
+
+// Durations above a year are refused here already (the library refuses what
+// it cannot honour; this keeps the message a usage error).
+bool parse_ms(const std::string& text, std::chrono::milliseconds& value) {
+  constexpr long long kYearMs = 366LL * 24 * 3600 * 1000;
+  long long number = 0;
+  if (!parse_int(text, number, 0, kYearMs)) return false;
   value = std::chrono::milliseconds(number);
   return true;
+}
+
+bool parse_double(const std::string& text, double& value) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  value = std::strtod(text.c_str(), &end);
+  return end && *end == '\0' && std::isfinite(value);
 }
 
 std::vector<std::string> split(const std::string& text, char separator) {
@@ -115,7 +139,7 @@ bool parse_codes(const std::string& text, std::vector<int>& codes) {
   codes.clear();
   for (const auto& part : split(text, ',')) {
     long long code = 0;
-    if (!parse_int(part, code)) return false;
+    if (!parse_int(part, code, INT_MIN, INT_MAX)) return false;
     codes.push_back(static_cast<int>(code));
   }
   return true;
@@ -145,27 +169,17 @@ bool apply_option(const std::string& key, const std::string& value, modkit::Chil
     ok = parse_ms(value, ready.watchdog);
   } else if (key == "--backoff") {
     auto parts = split(value, ',');
-    ok = parts.size() == 3 && parse_ms(parts[0], spec.backoff.initial) && parse_ms(parts[2], spec.backoff.maximum);
-    if (ok) {
-      char* end = nullptr;
-      spec.backoff.multiplier = std::strtod(parts[1].c_str(), &end);
-      ok = end && *end == '\0';
-    }
+    ok = parts.size() == 3 && parse_ms(parts[0], spec.backoff.initial) && parse_ms(parts[2], spec.backoff.maximum) &&
+         parse_double(parts[1], spec.backoff.multiplier);
   } else if (key == "--jitter") {
-    char* end = nullptr;
-    spec.backoff.jitter = std::strtod(value.c_str(), &end);
-    ok = !value.empty() && end && *end == '\0';
+    ok = parse_double(value, spec.backoff.jitter);
   } else if (key == "--reset-after") {
     ok = parse_ms(value, spec.reset_after);
   } else if (key == "--give-up-after") {
-    long long count = 0;
-    ok = parse_int(value, count) && count >= 0;
-    spec.give_up.max_consecutive_failures = static_cast<int>(count);
+    ok = parse_count(value, spec.give_up.max_consecutive_failures);
   } else if (key == "--max-restarts") {
     auto parts = split(value, '/');
-    long long count = 0;
-    ok = parts.size() == 2 && parse_int(parts[0], count) && count >= 0 && parse_ms(parts[1], spec.give_up.period);
-    spec.give_up.max_restarts = static_cast<int>(count);
+    ok = parts.size() == 2 && parse_count(parts[0], spec.give_up.max_restarts) && parse_ms(parts[1], spec.give_up.period);
   } else if (key == "--success-codes") {
     ok = parse_codes(value, spec.success_exit_codes);
   } else if (key == "--prevent-codes") {
@@ -310,9 +324,11 @@ int main(int argc, char** argv) {
     if (word == "--json") {
       json = true;
     } else if (word == "--seconds" && has_value) {
-      seconds = std::atof(words[++i].c_str());
+      if (!parse_double(words[++i], seconds) || seconds < 0) return usage();
+      // A year at most: beyond, the conversion to the clock's nanoseconds overflows.
+      seconds = std::min(seconds, 366.0 * 24 * 3600);
     } else if (word == "--grace" && has_value) {
-      if (!parse_int(words[++i], grace_ms) || grace_ms < 0) return usage();
+      if (!parse_int(words[++i], grace_ms, 0, 24LL * 3600 * 1000)) return usage();
     } else if (word == "--strategy" && has_value) {
       const std::string& name = words[++i];
       if (name == "one-for-one") strategy = modkit::Strategy::OneForOne;

@@ -50,6 +50,9 @@ constexpr std::size_t kReadChunkBytes = 64 * 1024;
 constexpr std::size_t kSupervisorStackBytes = 256 * 1024;
 // Scheduling slack on top of the documented bounds.
 constexpr std::chrono::milliseconds kBoundSlack{250};
+// STATUS= notices of one instance waiting for the sink at most; more are
+// counted and dropped (see Instance::queued_statuses).
+constexpr int kMaxQueuedStatuses = 64;
 
 struct Instance {
   Instance(std::unique_ptr<platform::Process> owned, core::LifecycleTimings timings)
@@ -60,6 +63,10 @@ struct Instance {
   InstanceLifecycle lifecycle;
   InstanceEvents events;                              // start_instance's; set before anything can fire
   std::unique_ptr<core::ReadinessTracker> readiness;  // none: ready at once
+  // STATUS= notices queued for the supervisor, and those dropped because too
+  // many were queued (a module flooding its descriptor must not grow the host).
+  std::atomic<int> queued_statuses{0};
+  std::atomic<std::uint64_t> dropped_statuses{0};
   // Why it ended (ExitStatus::Reason), -1 until known; the first to know wins
   // (a stop that comes after the child exited by itself does not rename it).
   std::atomic<int> end_reason{-1};
@@ -309,6 +316,11 @@ void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, cor
   std::vector<PendingRecord> events;
   for (auto& notice : effects.notices) {
     if (notice) {
+      if (instance->queued_statuses.fetch_add(1) >= kMaxQueuedStatuses) {
+        instance->queued_statuses.fetch_sub(1);
+        instance->dropped_statuses.fetch_add(1);
+        continue;
+      }
       events.push_back({instance, {LogLevel::Info, std::move(*notice)}, false, PendingRecord::Kind::Status});
     } else {
       events.push_back({instance, {LogLevel::Info, "ready"}, false, PendingRecord::Kind::Ready});
@@ -318,12 +330,12 @@ void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, cor
     mark_end(*instance, *effects.failed);
     events.push_back({instance, {LogLevel::Warn, effects.why + ": stopping it"}, false});
   }
-  if (!events.empty()) {
+  if (!events.empty() || effects.deadline_moved) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     // Without the supervisor (teardown) there is nobody to deliver them.
     if (supervisor_running_) {
       for (auto& event : events) pending_records_.push_back(std::move(event));
-      wake_supervisor_locked();
+      wake_supervisor_locked();  // also: it times the readiness, and the deadline came nearer
     }
     ++generation_;  // spawn_instance may be waiting for the readiness
     state_changed_.notify_all();
@@ -894,6 +906,11 @@ void LocalProcessBackend::Impl::deliver_pending(PendingRecord& pending) {
       if (instance->events.on_ready) call_host([&] { instance->events.on_ready(instance->handle); });
       return;
     case PendingRecord::Kind::Status:
+      instance->queued_statuses.fetch_sub(1);
+      if (std::uint64_t dropped = instance->dropped_statuses.exchange(0)) {
+        log_event(instance, LogLevel::Warn,
+                  std::to_string(dropped) + " status notice(s) dropped: the module sent them faster than the sink took them");
+      }
       log_event(instance, LogLevel::Info, "status: " + pending.record.text);
       if (instance->events.on_status) {
         call_host([&] { instance->events.on_status(instance->handle, pending.record.text); });

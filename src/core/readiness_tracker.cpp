@@ -94,7 +94,10 @@ ReadinessTracker::Effects ReadinessTracker::notify_closed(Clock::time_point now,
     // moment to be seen, then call it a close.
     closed_early_ = true;
     Clock::time_point soon = now + kExitGrace;
-    if (!deadline_ || soon < *deadline_) set_deadline_locked(soon);
+    if (!deadline_ || soon < *deadline_) {
+      set_deadline_locked(soon);
+      effects.deadline_moved = true;
+    }
   }
   return effects;
 }

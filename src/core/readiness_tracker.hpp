@@ -34,6 +34,7 @@ class ReadinessTracker {
     std::vector<std::optional<std::string>> notices;
     std::optional<ExitStatus::Reason> failed;  ///< just failed: end the instance for this reason
     std::string why;                           ///< words for the failure
+    bool deadline_moved = false;               ///< deadline_hint() came nearer: whoever times it must look again
   };
 
   ReadinessTracker(const Readiness& config, Clock::time_point started);

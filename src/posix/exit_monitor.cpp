@@ -429,13 +429,12 @@ class WaiterThreadExitMonitor final : public ExitMonitor {
         }
         pollfd readable{fd, POLLIN, 0};
         if (poll(&readable, 1, 50) < 0 && errno != EINTR) return true;
+        // On every pass, not only on silence: a descendant that inherited
+        // the descriptor and keeps writing must not hide the exit.
         siginfo_t info{};
-        bool exited_now = false;
-        if (readable.revents == 0) {
-          int result = waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT);
-          exited_now = result != 0 ? errno != EINTR : info.si_pid != 0;
-          if (!exited_now) continue;
-        }
+        int result = waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT);
+        bool exited_now = result != 0 ? errno != EINTR : info.si_pid != 0;
+        if (readable.revents == 0 && !exited_now) continue;
         // Readable, or exited: take what is there (everything, after the exit).
         for (int round = 0; round < (exited_now ? 16 : 1); ++round) {
           char buffer[4096];

@@ -34,6 +34,7 @@ __declspec(dllimport) int __cdecl __wgetmainargs(int* argc, wchar_t*** argv, wch
 #else
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 extern char** environ;
@@ -328,6 +329,48 @@ int main(int argc, char** argv) {
       long count = number(argc, argv, ++i);
       std::string chunk(65536, 'x');
       for (long left = count; left > 0; left -= 65536) out(1, chunk.substr(0, static_cast<std::size_t>(left < 65536 ? left : 65536)));
+    } else if (command == "notify-status-flood") {  // notify-status-flood N LEN: N "STATUS=<LEN x>" lines
+      long count = number(argc, argv, ++i);
+      long length = number(argc, argv, ++i);
+      std::string line = "STATUS=" + std::string(static_cast<std::size_t>(length > 0 ? length : 0), 'x') + "\n";
+      std::string batch;
+      for (long n = 0; n < count; ++n) {
+        batch += line;
+        if (batch.size() >= 65536) {
+          if (!notify_write(batch)) break;
+          batch.clear();
+        }
+      }
+      if (!batch.empty()) notify_write(batch);
+    } else if (command == "notify-garbage") {  // notify-garbage N: N bytes 0..255 but '\n' on the descriptor, no newline
+      long count = number(argc, argv, ++i);
+      std::string garbage;
+      for (long n = 0; n < count; ++n) {
+        char c = static_cast<char>(n * 131 + 7);
+        garbage.push_back(c == '\n' ? '\0' : c);
+      }
+      if (!notify_write(garbage)) out(2, "notify: cannot write\n");
+    } else if (command == "notify-pinger") {
+      // notify-pinger MS SECONDS: a grandchild with no stdio (/dev/null) that
+      // keeps the notification descriptor and writes "WATCHDOG=1" to it every
+      // MS ms for SECONDS (it dies of SIGPIPE once nobody reads it).
+      long interval = number(argc, argv, ++i);
+      double seconds = std::strtod(argv[++i], nullptr);
+      pid_t pid = fork();
+      if (pid == 0) {
+        int null_fd = open("/dev/null", O_RDWR);
+        dup2(null_fd, 0);
+        dup2(null_fd, 1);
+        dup2(null_fd, 2);
+        if (null_fd > 3) close(null_fd);
+        auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+        while (std::chrono::steady_clock::now() < end) {
+          if (!notify_write("WATCHDOG=1\n")) _exit(5);
+          sleep_seconds(static_cast<double>(interval) / 1000.0);
+        }
+        _exit(0);
+      }
+      out(1, "pinger " + std::to_string(pid) + "\n");
     } else if (command == "become-root-and-sleep") {
       // become-root-and-sleep SECONDS: for a copy of this program that is
       // setuid root (tests/regression/unkillable_test.cpp): sets every uid to
@@ -379,6 +422,40 @@ int main(int argc, char** argv) {
         out(1, "dacl unavailable " + std::to_string(status) + "\n");
       }
       if (descriptor) LocalFree(descriptor);
+    } else if (command == "write-handle") {
+      // write-handle VALUE TEXT: TEXT and a newline to the handle whose value
+      // is VALUE (another module's MODKIT_NOTIFY_FD); "write-handle ok TYPE"
+      // (GetFileType of what VALUE names here) or "write-handle failed ERROR".
+      auto handle = reinterpret_cast<HANDLE>(static_cast<std::intptr_t>(std::strtoll(argv[++i], nullptr, 10)));
+      std::string text = std::string(argv[++i]) + "\n";
+      DWORD written = 0;
+      if (WriteFile(handle, text.data(), static_cast<DWORD>(text.size()), &written, nullptr)) {
+        out(1, "write-handle ok " + std::to_string(GetFileType(handle)) + "\n");
+      } else {
+        out(1, "write-handle failed " + std::to_string(GetLastError()) + "\n");
+      }
+    } else if (command == "wait-stop-event") {
+      // wait-stop-event CODE: what a module without a console does for
+      // GracefulStop::Signal: ignores CTRL_BREAK, opens the event named in
+      // MODKIT_STOP_EVENT, says "stop-event waiting", waits for it and exits
+      // with CODE ("stop-event missing" / "stop-event cannot open ERROR" and
+      // exit 97 otherwise).
+      long code = number(argc, argv, ++i);
+      SetConsoleCtrlHandler(ignore_console_events, TRUE);
+      const char* name = std::getenv("MODKIT_STOP_EVENT");
+      if (!name) {
+        out(1, "stop-event missing\n");
+        return 97;
+      }
+      HANDLE event = OpenEventW(SYNCHRONIZE, FALSE, widen(name).c_str());
+      if (event == nullptr) {
+        out(1, "stop-event cannot open " + std::to_string(GetLastError()) + "\n");
+        return 97;
+      }
+      out(1, "stop-event waiting\n");
+      WaitForSingleObject(event, INFINITE);
+      CloseHandle(event);
+      return static_cast<int>(code);
     } else if (command == "error-mode") {  // "error-mode N": GetErrorMode()
       out(1, "error-mode " + std::to_string(GetErrorMode()) + "\n");
     } else if (command == "ignore-term") {  // Windows: ignore CTRL_BREAK (the text is the POSIX one)

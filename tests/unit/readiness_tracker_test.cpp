@@ -71,7 +71,9 @@ TEST(ReadinessTracker, TimesOutAtTheTimeoutNotBefore) {
 
 TEST(ReadinessTracker, EndOfFileBeforeReadyFailsAfterTheExitGraceUnlessTheExitComes) {
   ReadinessTracker closed(notify_mode(), t0);
-  EXPECT_FALSE(closed.notify_closed(t0).failed);
+  auto closing = closed.notify_closed(t0);
+  EXPECT_FALSE(closing.failed);
+  EXPECT_TRUE(closing.deadline_moved);  // whoever times the readiness must look again
   EXPECT_FALSE(closed.tick(t0 + ReadinessTracker::kExitGrace - milliseconds(1)).failed);
   auto effects = closed.tick(t0 + ReadinessTracker::kExitGrace);
   ASSERT_TRUE(effects.failed);
