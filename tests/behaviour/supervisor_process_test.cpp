@@ -307,6 +307,24 @@ TEST(SupervisorProcess, RestartOfOneLeavesTheOtherRunning) {
   EXPECT_EQ(world.events.count("b", Kind::Stopped), 0u);
 }
 
+TEST(SupervisorProcess, AnOldIncarnationsHandleStopsNothing) {
+  ProcessWorld world;
+  auto first = world.start(process_spec("a", {"sleep", "30"}));
+  ASSERT_TRUE(first && first->instance);
+  auto second = world.supervisor->restart("a");
+  ASSERT_TRUE(second && second->instance) << second.error();
+  auto stale = world.backend->stop_instance(*first->instance);
+  ASSERT_TRUE(stale) << stale.error();
+  EXPECT_FALSE(stale->has_value());  // nothing to stop: that incarnation is gone
+  auto live = world.live("a");
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].instance_id, second->instance->instance_id);
+  auto now = world.supervisor->status("a");
+  ASSERT_TRUE(now);
+  EXPECT_EQ(now->state, ChildState::Running);
+  EXPECT_EQ(now->generation, 2u);
+}
+
 TEST(SupervisorProcess, StartWaitsForNotifyReadiness) {
   ProcessWorld world;
   ChildSpec spec = process_spec("late", {"sleep", "0.3", "notify", "READY=1", "sleep", "30"});
