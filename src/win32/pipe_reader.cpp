@@ -97,6 +97,8 @@ class OwnerOnlyPipeSecurity {
 
 }  // namespace
 
+SECURITY_ATTRIBUTES* owner_only_security() { return OwnerOnlyPipeSecurity::get(); }
+
 DWORD make_overlapped_pipe(OverlappedPipe& pipe, bool inheritable_write) {
   static std::atomic<unsigned long> counter{0};
   unsigned char random[8] = {};

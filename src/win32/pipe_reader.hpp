@@ -37,4 +37,9 @@ struct OverlappedPipe {
 /// Returns 0 or a GetLastError() value.
 DWORD make_overlapped_pipe(OverlappedPipe& pipe, bool inheritable_write);
 
+/// Non-inheritable attributes whose DACL admits only this process's user (the
+/// output pipes', and the stop events'); nullptr (the default DACL) if the
+/// token cannot be read.
+SECURITY_ATTRIBUTES* owner_only_security();
+
 }  // namespace modkit::win32

@@ -2,12 +2,14 @@
 //
 // Each child is created with CreateProcessW from UTF-16 strings, suspended,
 // with STARTUPINFOEXW and PROC_THREAD_ATTRIBUTE_HANDLE_LIST so it inherits
-// exactly its three standard handles (even while other threads spawn), in a
+// exactly its three standard handles, and with Readiness::Mode::Notify the
+// write end of its notification pipe (even while other threads spawn), in a
 // new console process group; it is then put in its own Job object
 // (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: stopping kills the whole tree, and if
 // the host dies its children die with it) and only then resumed, so no
 // descendant can escape the job.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -16,6 +18,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "platform/process.hpp"
 #include "platform/system.hpp"
@@ -57,10 +60,29 @@ int compare_names_windows(std::u16string_view a, std::u16string_view b) {
   return result - CSTR_EQUAL;
 }
 
+// The readiness protocol's variables (Readiness in modkit.hpp). In the host's
+// environment they describe the host's own notification pipe (a host that is
+// itself a module): never passed on. Only modkit names a child's pipe: a child
+// gets MODKIT_NOTIFY_FD only for its own, and MODKIT_WATCHDOG_MS only from the
+// request (the core sets it) and only with a pipe to ping on.
+constexpr std::u16string_view kNotifyVariable = u"MODKIT_NOTIFY_FD";
+constexpr std::u16string_view kWatchdogVariable = u"MODKIT_WATCHDOG_MS";
+// GracefulStop::Signal's named event (make_stop_event): likewise only ever
+// the child's own, never the host's passed on.
+constexpr std::u16string_view kStopEventVariable = u"MODKIT_STOP_EVENT";
+
 std::vector<std::u16string> host_environment() {
   wchar_t* block = GetEnvironmentStringsW();
   auto entries = win32::split_environment_block(reinterpret_cast<const char16_t*>(block));
   if (block != nullptr) FreeEnvironmentStringsW(block);
+  entries.erase(std::remove_if(entries.begin(), entries.end(),
+                               [](const std::u16string& entry) {
+                                 std::u16string_view name = win32::entry_name(entry);
+                                 return compare_names_windows(name, kNotifyVariable) == 0 ||
+                                        compare_names_windows(name, kWatchdogVariable) == 0 ||
+                                        compare_names_windows(name, kStopEventVariable) == 0;
+                               }),
+                entries.end());
   return entries;
 }
 
@@ -76,8 +98,33 @@ std::optional<std::wstring> host_variable(const wchar_t* name) {
 
 // --- Files ---------------------------------------------------------------------
 
+// The full path of `path` (GetFullPathNameW), or `path` if that fails.
+std::wstring full_path(const std::wstring& path) {
+  DWORD size = GetFullPathNameW(path.c_str(), 0, nullptr, nullptr);
+  if (size == 0) return path;
+  std::wstring full(size, L'\0');
+  DWORD length = GetFullPathNameW(path.c_str(), size, full.data(), nullptr);
+  if (length == 0 || length >= size) return path;
+  full.resize(length);
+  return full;
+}
+
+// The form of `path` that file functions and CreateProcessW's application name
+// accept beyond MAX_PATH: the full path with the \\?\ prefix (\\?\UNC\ for a
+// share), which lifts the limit (Microsoft, "Naming Files, Paths, and
+// Namespaces": Maximum Path Length Limitation). Rust's std passes such a
+// verbatim application name too. Shorter paths are left as they are.
+std::wstring long_path_form(const std::wstring& path) {
+  if (path.size() < MAX_PATH || path.rfind(L"\\\\?\\", 0) == 0 || path.rfind(L"\\\\.\\", 0) == 0) return path;
+  std::wstring full = full_path(path);
+  if (full.rfind(L"\\\\", 0) == 0) return L"\\\\?\\UNC\\" + full.substr(2);
+  return L"\\\\?\\" + full;
+}
+
+DWORD file_attributes(const std::wstring& path) { return GetFileAttributesW(long_path_form(path).c_str()); }
+
 bool is_file(const std::wstring& path) {
-  DWORD attributes = GetFileAttributesW(path.c_str());
+  DWORD attributes = file_attributes(path);
   return attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) == 0;
 }
 
@@ -189,7 +236,7 @@ Result<std::optional<std::wstring>> check_working_directory(const SpawnRequest& 
   if (!request.working_directory) return std::optional<std::wstring>();
   auto wide = win32::widen(*request.working_directory);
   if (!wide) return invalid_text(request, "working directory");
-  DWORD attributes = GetFileAttributesW(wide->c_str());
+  DWORD attributes = file_attributes(*wide);
   if (attributes == INVALID_FILE_ATTRIBUTES) {
     return spawn_error(request, "working directory '" + *request.working_directory + "' is not usable", GetLastError());
   }
@@ -197,7 +244,27 @@ Result<std::optional<std::wstring>> check_working_directory(const SpawnRequest& 
     return spawn_error(request, "working directory '" + *request.working_directory + "' is not a directory",
                        ERROR_DIRECTORY);
   }
-  return std::optional<std::wstring>(std::move(*wide));
+  // It exists, but a child cannot start in it if it is too long: "Setting a
+  // current directory longer than MAX_PATH causes CreateProcessW to fail", and
+  // with the trailing backslash Windows adds it may have MAX_PATH - 2
+  // characters (Microsoft, SetCurrentDirectory). Said here, with the limit,
+  // rather than as CreateProcessW's bare "invalid name".
+  std::wstring full = full_path(*wide);
+  if (full.rfind(L"\\\\?\\UNC\\", 0) == 0) {
+    full = L"\\" + full.substr(7);
+  } else if (full.rfind(L"\\\\?\\", 0) == 0) {
+    full = full.substr(4);
+  }
+  while (full.size() > 3 && (full.back() == L'\\' || full.back() == L'/')) full.pop_back();
+  constexpr std::size_t kLongestDirectory = MAX_PATH - 2;
+  if (full.size() > kLongestDirectory) {
+    return make_error(std::errc::filename_too_long,
+                      "module '" + request.module + "': working directory '" + *request.working_directory + "' is " +
+                          std::to_string(full.size()) + " characters long; Windows starts a process only in a " +
+                          "directory of at most " + std::to_string(kLongestDirectory) +
+                          " characters (MAX_PATH - 2: CreateProcessW fails with a longer one)");
+  }
+  return std::optional<std::wstring>(std::move(full));
 }
 
 // True when this process has a console its children can share (and so
@@ -230,7 +297,8 @@ DWORD bounded_milliseconds(std::chrono::milliseconds timeout) {
 class Win32Process final : public Process {
  public:
   Win32Process(std::string module, DWORD pid, UniqueHandle process, UniqueHandle job, GracefulStop graceful_stop,
-               UniqueHandle stdin_write, std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err)
+               UniqueHandle stdin_write, std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err,
+               UniqueHandle notify_read, UniqueHandle stop_event)
       : module_(std::move(module)),
         pid_(pid),
         process_(std::move(process)),
@@ -238,7 +306,9 @@ class Win32Process final : public Process {
         graceful_stop_(graceful_stop),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
-        stderr_(std::move(err)) {}
+        stderr_(std::move(err)),
+        notify_read_(std::move(notify_read)),
+        stop_event_(std::move(stop_event)) {}
 
   // Never blocks and sends nothing. Closing the job handle (members go in
   // reverse order: the job before the process handle) still kills whatever
@@ -250,6 +320,11 @@ class Win32Process final : public Process {
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
   std::intptr_t exit_handle() const override { return reinterpret_cast<std::intptr_t>(process_.get()); }
+  // The overlapped server end of the notification pipe; the exit monitor
+  // reads a duplicate of it (exit_monitor.cpp).
+  std::intptr_t notify_handle() const override {
+    return notify_read_ ? reinterpret_cast<std::intptr_t>(notify_read_.get()) : -1;
+  }
 
   Result<bool> request_stop() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -261,14 +336,18 @@ class Win32Process final : public Process {
         // group, and Windows then treats some ids like 0 (every process of the
         // console, the host included): so only while the child runs.
         if (exited()) return false;
-        // Fails when we share no console with it: then there is nothing to
-        // wait for. (Wine accepts it but never delivers it.)
+        // The stop event (MODKIT_STOP_EVENT) works without a console, so a
+        // host that is a service can stop a module gracefully too: there is
+        // then always something to wait for.
+        bool event_set = stop_event_ && SetEvent(stop_event_.get());
+        // Fails when we share no console with it. (Wine accepts it but never
+        // delivers it.)
         if (GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid_)) return true;
         DWORD error = GetLastError();
-        if (error == ERROR_ACCESS_DENIED) {
+        if (error == ERROR_ACCESS_DENIED && !event_set) {
           return step_error(module_, "send CTRL_BREAK to pid " + std::to_string(pid_), error);
         }
-        return false;
+        return event_set;
       }
       case GracefulStop::CloseStdin:
         stdin_write_.reset();
@@ -318,6 +397,7 @@ class Win32Process final : public Process {
     std::lock_guard<std::mutex> lock(mutex_);
     reaped_ = true;
     stdin_write_.reset();
+    stop_event_.reset();  // the name goes with it (nobody else holds it open but the child, now gone)
   }
 
  private:
@@ -352,6 +432,8 @@ class Win32Process final : public Process {
   std::optional<ExitStatus> status_;
   UniqueHandle stdin_write_;
   std::unique_ptr<PipeReader> stdout_, stderr_;
+  const UniqueHandle notify_read_;  // empty without Readiness::Mode::Notify
+  UniqueHandle stop_event_;         // GracefulStop::Signal's named event; guarded by mutex_
 };
 
 // RAII for the attribute list of STARTUPINFOEXW.
@@ -377,15 +459,72 @@ class AttributeList {
   LPPROC_THREAD_ATTRIBUTE_LIST list_ = nullptr;
 };
 
+// Adds SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX to this process's error
+// mode while at least one spawn is inside CreateProcessW (counted, so that
+// concurrent spawns neither serialise nor restore it under each other), then
+// restores the host's own mode, unless the host changed it meanwhile.
+class ErrorModeForChildren {
+ public:
+  ErrorModeForChildren() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (users_++ == 0) {
+      saved_ = GetErrorMode();
+      applied_ = saved_ | SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX;
+      SetErrorMode(applied_);
+    }
+  }
+  ~ErrorModeForChildren() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--users_ == 0 && GetErrorMode() == applied_) SetErrorMode(saved_);
+  }
+  ErrorModeForChildren(const ErrorModeForChildren&) = delete;
+  ErrorModeForChildren& operator=(const ErrorModeForChildren&) = delete;
+
+ private:
+  static inline std::mutex mutex_;
+  static inline int users_ = 0;
+  static inline UINT saved_ = 0;
+  static inline UINT applied_ = 0;
+};
+
 // Kills a child that was created (suspended, and not in a job, or not
 // resumable) but cannot be handed out. Windows has no zombies: the wait only
 // lets the process be gone on return, and is bounded (a process being torn
 // down by the kernel ends on its own once the handles are closed).
-void discard_child(const PROCESS_INFORMATION& info) {
-  TerminateProcess(info.hProcess, win32::kKillExitCode);
-  WaitForSingleObject(info.hProcess, 5000);
-  CloseHandle(info.hThread);
-  CloseHandle(info.hProcess);
+void discard_child(const UniqueHandle& process) {
+  TerminateProcess(process.get(), win32::kKillExitCode);
+  WaitForSingleObject(process.get(), 5000);
+}
+
+// GracefulStop::Signal's console-less step: a manual-reset event named
+// Local\modkit-stop-<instance id> (per session; the id is a UUID, unique), with
+// the owner-only DACL of the output pipes, so only the host's user can open
+// it. Its name goes to the child in MODKIT_STOP_EVENT; request_stop sets it.
+// A name that already exists is refused: someone else would hold the event.
+Result<UniqueHandle> make_stop_event(const SpawnRequest& request, std::wstring& name) {
+  std::string id = request.instance_id;
+  if (id.empty()) {  // the platform layer alone (tests): any unique name
+    static std::atomic<unsigned long> counter{0};
+    unsigned char random[8] = {};
+    platform::fill_random(random, sizeof random);
+    id = std::to_string(GetCurrentProcessId()) + "-" + std::to_string(counter.fetch_add(1) + 1) + "-";
+    for (unsigned char byte : random) id += "0123456789abcdef"[byte >> 4], id += "0123456789abcdef"[byte & 15];
+  }
+  name = L"Local\\modkit-stop-";
+  for (char c : id) {  // a UUID; anything else that is not a name character becomes '_'
+    bool plain = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+    name += plain ? static_cast<wchar_t>(c) : L'_';
+  }
+  UniqueHandle event(CreateEventW(win32::owner_only_security(), TRUE, FALSE, name.c_str()));
+  DWORD error = GetLastError();
+  if (!event) {
+    event.release();
+    return spawn_error(request, "cannot create its stop event", error);
+  }
+  if (error == ERROR_ALREADY_EXISTS) {
+    return spawn_error(request, "cannot create its stop event '" + win32::narrow(name) + "'", ERROR_ALREADY_EXISTS);
+  }
+  return event;
 }
 
 }  // namespace
@@ -404,17 +543,20 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     if (!win32::utf8_to_utf16(value, wide_value)) {
       return invalid_text(request, "the value of environment variable '" + key + "'");
     }
+    if (compare_names_windows(wide_key, kNotifyVariable) == 0) continue;
+    if (compare_names_windows(wide_key, kStopEventVariable) == 0) continue;
+    if (!request.notify && compare_names_windows(wide_key, kWatchdogVariable) == 0) continue;
     overrides.emplace_back(std::move(wide_key), std::move(wide_value));
   }
+  const std::vector<std::u16string> host = host_environment();
   std::vector<std::u16string> environment =
-      win32::merge_environment(host_environment(), overrides, request.clear_environment, compare_names_windows);
-  std::wstring environment_block = to_wstring(win32::environment_block(environment));
+      win32::merge_environment(host, overrides, request.clear_environment, compare_names_windows);
 
   auto path = resolve_binary(request, *binary, environment);
   if (!path) return std::move(path).error();
   std::string path_text = win32::narrow(*path);
 
-  std::wstring application = *path;
+  std::wstring application = long_path_form(*path);
   std::string command_line;
   if (!win32::build_command_line(request.binary, request.args, command_line)) {
     return make_error(std::errc::invalid_argument,
@@ -454,9 +596,9 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
                           std::to_string(kMaxCommandLine - 1));
   }
 
-  // 2. The child's standard handles. They are created non-inheritable and
-  // made inheritable just before CreateProcessW; the handle list restricts
-  // inheritance to exactly these three.
+  // 2. The child's standard handles (and its notification pipe's write end).
+  // They are created non-inheritable and made inheritable just before
+  // CreateProcessW; the handle list restricts inheritance to exactly these.
   UniqueHandle stdin_read, stdin_write;
   if (request.graceful_stop == GracefulStop::CloseStdin) {
     HANDLE read_end = nullptr, write_end = nullptr;
@@ -474,21 +616,49 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   win32::OverlappedPipe out, err;
   if (DWORD error = win32::make_overlapped_pipe(out, false)) return spawn_error(request, "cannot create pipes", error);
   if (DWORD error = win32::make_overlapped_pipe(err, false)) return spawn_error(request, "cannot create pipes", error);
+  // Readiness::Mode::Notify: a pipe like the output pipes (uniquely named,
+  // single-instance, owner-only DACL; its one client end is ours, so nobody
+  // can connect to it by name), read with overlapped I/O by the exit monitor
+  // without a thread of its own. The child's write end goes in its handle list
+  // only, so no other child (spawned concurrently or later) inherits it.
+  win32::OverlappedPipe notify;
+  if (request.notify) {
+    if (DWORD error = win32::make_overlapped_pipe(notify, false)) {
+      return spawn_error(request, "cannot create the notification pipe", error);
+    }
+    // An inherited handle has the same value in the child as here
+    // (Microsoft, "Inheritance" in Handles and Objects): that value names it.
+    std::string value = std::to_string(reinterpret_cast<std::uintptr_t>(notify.write_end.get()));
+    overrides.emplace_back(std::u16string(kNotifyVariable), std::u16string(value.begin(), value.end()));
+    environment = win32::merge_environment(host, overrides, request.clear_environment, compare_names_windows);
+  }
+  UniqueHandle stop_event;
+  if (request.graceful_stop == GracefulStop::Signal) {
+    std::wstring name;
+    auto made = make_stop_event(request, name);
+    if (!made) return std::move(made).error();
+    stop_event = std::move(*made);
+    overrides.emplace_back(std::u16string(kStopEventVariable), std::u16string(name.begin(), name.end()));
+    environment = win32::merge_environment(host, overrides, request.clear_environment, compare_names_windows);
+  }
+  std::wstring environment_block = to_wstring(win32::environment_block(environment));
+
   UniqueHandle interrupt(CreateEventW(nullptr, TRUE, FALSE, nullptr));
   UniqueHandle out_event(CreateEventW(nullptr, TRUE, FALSE, nullptr));
   UniqueHandle err_event(CreateEventW(nullptr, TRUE, FALSE, nullptr));
   if (!interrupt || !out_event || !err_event) return spawn_error(request, "cannot create events", GetLastError());
 
-  HANDLE inherited[3] = {stdin_read.get(), out.write_end.get(), err.write_end.get()};
-  for (HANDLE handle : inherited) {
-    if (!SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)) {
+  HANDLE inherited[4] = {stdin_read.get(), out.write_end.get(), err.write_end.get(), notify.write_end.get()};
+  const std::size_t inherited_count = request.notify ? 4 : 3;
+  for (std::size_t i = 0; i < inherited_count; ++i) {
+    if (!SetHandleInformation(inherited[i], HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)) {
       return spawn_error(request, "cannot prepare the child's handles", GetLastError());
     }
   }
   AttributeList attributes;
   if (!attributes.get() ||
-      !UpdateProcThreadAttribute(attributes.get(), 0, PROC_THREAD_ATTRIBUTE_HANDLE_LIST, inherited, sizeof inherited,
-                                 nullptr, nullptr)) {
+      !UpdateProcThreadAttribute(attributes.get(), 0, PROC_THREAD_ATTRIBUTE_HANDLE_LIST, inherited,
+                                 inherited_count * sizeof(HANDLE), nullptr, nullptr)) {
     return spawn_error(request, "cannot prepare the child's handle list", GetLastError());
   }
 
@@ -508,17 +678,39 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
 
   // 3. Create it suspended, put it in its job, then let it run.
   PROCESS_INFORMATION info{};
-  BOOL created = CreateProcessW(application.c_str(), wide_command_line->data(), nullptr, nullptr, TRUE, flags,
-                                environment_block.data(), *working_directory ? (*working_directory)->c_str() : nullptr,
-                                &startup.StartupInfo, &info);
+  BOOL created;
+  {
+    // The child inherits this process's error mode (Microsoft, CreateProcess:
+    // CREATE_DEFAULT_ERROR_MODE is what turns that off), and nothing sets it
+    // in another process: so for the call the host's mode gets
+    // SEM_FAILCRITICALERRORS (no "missing DLL" or "insert a disk" box holds a
+    // broken module) and SEM_NOGPFAULTERRORBOX (the job forces that one as
+    // well). libuv sets both for its whole process (src/win/core.c,
+    // uv__init); reproc sets its mode around CreateProcessW and restores it
+    // (reproc/src/process.windows.c), as here.
+    ErrorModeForChildren error_mode;
+    created = CreateProcessW(application.c_str(), wide_command_line->data(), nullptr, nullptr, TRUE, flags,
+                             environment_block.data(), *working_directory ? (*working_directory)->c_str() : nullptr,
+                             &startup.StartupInfo, &info);
+  }
   DWORD create_error = created ? 0 : GetLastError();
+  // Owned at once, so that no return below can leak them.
+  UniqueHandle process(created ? info.hProcess : nullptr);
+  UniqueHandle thread(created ? info.hThread : nullptr);
   // Our copies of the child's ends go now (on failure too).
   stdin_read.reset();
   out.write_end.reset();
   err.write_end.reset();
+  // From now on only the child holds its write end, so the pipe ends with the
+  // child, or when the child closes it. (The child's copy stays inheritable: a
+  // handle list admits only inheritable handles. So what the child starts
+  // with bInheritHandles has it too, as with descriptor 3 on POSIX; under Wine
+  // 8 that includes the conhost.exe Wine starts in a console child without a
+  // console to share, which keeps the pipe open until the child exits.)
+  notify.write_end.reset();
   if (!created) {
     std::string what = "cannot execute '" + path_text + "'";
-    DWORD attributes_of_path = GetFileAttributesW(path->c_str());
+    DWORD attributes_of_path = file_attributes(*path);
     if (attributes_of_path != INVALID_FILE_ATTRIBUTES && (attributes_of_path & FILE_ATTRIBUTE_DIRECTORY) != 0) {
       what += " (it is a directory)";
     }
@@ -538,20 +730,20 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     limits.BasicLimitInformation.LimitFlags =
         JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
     if (!SetInformationJobObject(job.get(), JobObjectExtendedLimitInformation, &limits, sizeof limits) ||
-        !AssignProcessToJobObject(job.get(), info.hProcess)) {
+        !AssignProcessToJobObject(job.get(), process.get())) {
       job_error = GetLastError();
     }
   }
   if (job_error != 0) {
-    discard_child(info);
+    discard_child(process);
     return spawn_error(request, "cannot put '" + path_text + "' in a job object", job_error);
   }
-  if (ResumeThread(info.hThread) == static_cast<DWORD>(-1)) {
+  if (ResumeThread(thread.get()) == static_cast<DWORD>(-1)) {
     DWORD error = GetLastError();
-    discard_child(info);
+    discard_child(process);
     return spawn_error(request, "cannot start '" + path_text + "'", error);
   }
-  CloseHandle(info.hThread);
+  thread.reset();
 
   auto shared_interrupt = std::make_shared<UniqueHandle>(std::move(interrupt));
   auto stdout_reader =
@@ -559,8 +751,9 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   auto stderr_reader =
       std::make_unique<win32::Win32PipeReader>(std::move(err.read_end), std::move(err_event), shared_interrupt);
   return std::unique_ptr<Process>(std::make_unique<Win32Process>(
-      request.module, info.dwProcessId, UniqueHandle(info.hProcess), std::move(job), request.graceful_stop,
-      std::move(stdin_write), std::move(stdout_reader), std::move(stderr_reader)));
+      request.module, info.dwProcessId, std::move(process), std::move(job), request.graceful_stop,
+      std::move(stdin_write), std::move(stdout_reader), std::move(stderr_reader), std::move(notify.read_end),
+      std::move(stop_event)));
 }
 
 }  // namespace modkit::platform

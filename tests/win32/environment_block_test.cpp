@@ -159,6 +159,7 @@ TEST(Win32Environment, ClearedEnvironmentKeepsSystemRoot) {
   OopModuleConfig config = child_config("env", {});
   config.clear_environment = true;
   config.env["ONLY"] = "me";
+  config.graceful_stop = GracefulStop::CloseStdin;  // Signal adds the child's MODKIT_STOP_EVENT
   auto entries = dump_environment(f, config);
   int system_roots = 0;
   for (const auto& entry : entries) system_roots += upper(name_of(entry)) == "SYSTEMROOT" ? 1 : 0;

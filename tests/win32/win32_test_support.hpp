@@ -10,6 +10,7 @@
 #include <windows.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -27,6 +28,47 @@ namespace modkit::testing::wintest {
 inline bool under_wine() {
   HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
   return ntdll != nullptr && GetProcAddress(ntdll, "wine_get_version") != nullptr;
+}
+
+/// How many handles this process has open: GetProcessHandleCount, or, where
+/// that reports nothing (Wine 8), the system's handle table
+/// (NtQuerySystemInformation(SystemHandleInformation)); nullopt if neither
+/// works. (notify_test.cpp has its own copy.)
+inline std::optional<unsigned long> handle_count() {
+  DWORD count = 0;
+  if (GetProcessHandleCount(GetCurrentProcess(), &count) && count != 0) return count;
+  struct Entry {
+    USHORT process;
+    USHORT creator_back_trace;
+    UCHAR type;
+    UCHAR attributes;
+    USHORT value;
+    PVOID object;
+    ULONG access;
+  };
+  struct Table {
+    ULONG count;
+    Entry entries[1];
+  };
+  using Query = LONG(NTAPI*)(ULONG, PVOID, ULONG, PULONG);
+  auto query = reinterpret_cast<Query>(
+      reinterpret_cast<void*>(GetProcAddress(GetModuleHandleW(L"ntdll.dll"), "NtQuerySystemInformation")));
+  if (query == nullptr) return std::nullopt;
+  std::vector<unsigned char> buffer(1 << 20);
+  for (int attempt = 0; attempt < 6; ++attempt) {
+    ULONG needed = 0;
+    LONG status = query(16 /* SystemHandleInformation */, buffer.data(), static_cast<ULONG>(buffer.size()), &needed);
+    if (status == static_cast<LONG>(0xC0000004L) /* STATUS_INFO_LENGTH_MISMATCH */) {
+      buffer.resize(std::max<std::size_t>(buffer.size() * 2, needed + 4096));
+      continue;
+    }
+    if (status != 0) return std::nullopt;
+    const auto* table = reinterpret_cast<const Table*>(buffer.data());
+    unsigned long mine = 0;
+    for (ULONG k = 0; k < table->count; ++k) mine += table->entries[k].process == static_cast<USHORT>(GetCurrentProcessId());
+    return mine != 0 ? std::optional<unsigned long>(mine) : std::nullopt;
+  }
+  return std::nullopt;
 }
 
 inline std::wstring widen(const std::string& text) {

@@ -1,0 +1,85 @@
+// Issue 13, point 8: what the exit monitor held for an exited child (its wait
+// registration and its duplicate of the process handle) is freed once the
+// exit has been handled, here when on_exit unwatches from its own callback
+// (as the backend does), not at the next watch.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "platform/exit_monitor.hpp"
+#include "platform/process.hpp"
+#include "win32_test_support.hpp"
+
+using namespace modkit;
+using namespace modkit::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<platform::Process> spawn_child(std::vector<std::string> args) {
+  platform::SpawnRequest request;
+  request.module = "handles";
+  request.binary = test_child_path();
+  request.args = std::move(args);
+  request.graceful_stop = GracefulStop::None;
+  auto process = platform::spawn(request);
+  EXPECT_TRUE(process) << process.error();
+  return process ? std::move(*process) : nullptr;
+}
+
+// Spawns `count` children that exit after `seconds`, watches each with an
+// on_exit that unwatches it from its own callback, and waits for every exit.
+// The children and their Process objects are gone on return.
+void run_watched(platform::ExitMonitor& monitor, int count, const char* seconds) {
+  std::vector<std::unique_ptr<platform::Process>> children;
+  for (int i = 0; i < count; ++i) {
+    children.push_back(spawn_child({"sleep", seconds}));
+    ASSERT_TRUE(children.back());
+  }
+  std::atomic<int> exited{0};
+  for (auto& child : children) {
+    platform::Process* raw = child.get();
+    ASSERT_TRUE(monitor.watch(*child, [&monitor, raw, &exited] {
+      monitor.unwatch(*raw);
+      ++exited;
+    }, {}, {}));
+  }
+  for (auto deadline = Clock::now() + 20s; exited.load() < count && Clock::now() < deadline;) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(exited.load(), count);
+  for (auto& child : children) {
+    ASSERT_TRUE(child->peek_exit().has_value());
+    child->reap();
+  }
+}
+
+}  // namespace
+
+TEST(Win32Handles, UnwatchFromOnExitFreesTheWatchAtOnce) {
+  {
+    // The thread pool's one-time handles, on a monitor that frees its own.
+    auto warm = platform::make_exit_monitor(false);
+    ASSERT_TRUE(warm) << warm.error();
+    run_watched(**warm, 2, "0");
+  }
+  auto monitor = platform::make_exit_monitor(false);
+  ASSERT_TRUE(monitor) << monitor.error();
+  std::this_thread::sleep_for(300ms);
+  auto before = wintest::handle_count();
+  if (!before) GTEST_SKIP() << "this system reports no handle count";
+
+  // All children are watched before any exits: no later watch frees anything.
+  constexpr int kChildren = 6;
+  run_watched(**monitor, kChildren, "1");
+  std::optional<unsigned long> after;
+  for (auto deadline = Clock::now() + 5s; Clock::now() < deadline; std::this_thread::sleep_for(100ms)) {
+    after = wintest::handle_count();
+    if (after && *after <= *before + 2) break;
+  }
+  ASSERT_TRUE(after.has_value());
+  std::printf("[   NOTE   ] handles %lu before, %lu after %d exits handled\n", *before, *after, kChildren);
+  EXPECT_LE(*after, *before + 2) << "the watches of exited children are held until the next watch";
+  (*monitor)->shutdown();
+}
