@@ -664,7 +664,9 @@ struct MockScript {
 /// clock, never while the Mock holds a lock). The token's cancellation stops
 /// every instance. Readiness: an instance whose config asks for readiness
 /// (Notify or StdoutLine) is ready at `ready_after`, or fails at the config's
-/// timeout (reason ReadinessTimeout); the watchdog is not simulated.
+/// timeout (reason ReadinessTimeout); the watchdog is not simulated. As for
+/// LocalProcessBackend, that timeout must be positive and at most a day
+/// (invalid_argument otherwise). Script times beyond 100 years never come.
 class MockBackend final : public ModuleRuntimeBackend {
  public:
   struct Options {

@@ -29,9 +29,10 @@ std::string_view to_string(RestartPolicy policy);
 ///   table non-empty: table[min(n, size) - 1];
 ///   otherwise: min(maximum, initial * multiplier^(n-1));
 /// then multiplied by (1 + jitter * u), u uniform in [-1, 1]; never negative.
+/// An initial of 0 stays 0 however large n grows.
 struct Backoff {
   std::chrono::milliseconds initial{100};
-  double multiplier = 2.0;  ///< >= 1
+  double multiplier = 2.0;  ///< finite, >= 1
   std::chrono::milliseconds maximum{30000};
   double jitter = 0.1;  ///< in [0, 1]
   std::vector<std::chrono::milliseconds> table;
@@ -51,7 +52,10 @@ struct GiveUp {
   int max_consecutive_failures = 0;
 };
 
-/// One child of a Supervisor.
+/// One child of a Supervisor. Its durations (backoff initial, maximum and
+/// table, give_up.period, reset_after) must not be negative; any longer than
+/// 10^12 ms (about 31.7 years) counts as 10^12 ms, i.e. forever: nothing
+/// overflows, and milliseconds::max() is a fine "never".
 struct ChildSpec {
   /// Stable across restarts; unique in the Supervisor; not empty.
   std::string id;
@@ -138,6 +142,8 @@ struct SupervisorOptions {
   /// policy deterministically.
   std::shared_ptr<TimeSource> time;
   /// Jitter's random numbers in [0, 1); empty: a generator seeded per Supervisor.
+  /// Runs under the Supervisor's lock (it must not call the Supervisor); an
+  /// exception it throws, or a NaN or infinite result, counts as 0.5 (no jitter).
   std::function<double()> random;
 };
 
@@ -157,8 +163,12 @@ class Supervisor {
                                                     CancellationToken token, std::shared_ptr<LogSink> sink,
                                                     SupervisorOptions options = {});
   /// Stops every child (one shared deadline through the backend's destructor)
-  /// and joins the thread. From the Supervisor's own callback the thread ends
-  /// by itself after the callback returns.
+  /// and joins the thread. A thread held in on_event or the sink is waited
+  /// for at most 2 s, then abandoned: it ends by itself once the callback
+  /// returns, and reports nothing more (a backend call it is making is waited
+  /// for: the backend bounds it). The same from the Supervisor's own callback,
+  /// without the wait. May be called from on_event on a caller's thread: that
+  /// call then returns operation_canceled or its result, touching nothing freed.
   ~Supervisor();
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;

@@ -169,7 +169,13 @@ namespace {
 // The Mock whose callback this thread is running (nested calls save and restore it).
 thread_local const MockBackend::Impl* tls_in_callback_of = nullptr;
 
+// Script times beyond this (100 years) never come: `started + time` stays
+// far from overflowing, and the conversion to nanoseconds cannot overflow.
+constexpr std::chrono::milliseconds kScriptHorizon = std::chrono::hours(24 * 365 * 100);
+
 Duration to_duration(std::chrono::milliseconds value) {
+  if (value > kScriptHorizon) return kNever;
+  if (value < -kScriptHorizon) value = -kScriptHorizon;
   return std::chrono::duration_cast<Duration>(value);
 }
 }  // namespace
@@ -431,9 +437,12 @@ Result<MockBackend::Impl::InstancePtr> MockBackend::Impl::begin(const OopModuleC
                                                                  InstanceEvents events) {
   if (config.name.empty()) return make_error(std::errc::invalid_argument, "mock: the module name is empty");
   const bool wants_readiness = config.readiness.mode != Readiness::Mode::Immediate;
-  if (wants_readiness && config.readiness.timeout <= std::chrono::milliseconds::zero()) {
-    return make_error(std::errc::invalid_argument,
-                      "mock: module '" + config.name + "': readiness timeout must be positive");
+  // LocalProcessBackend's rule: a day bounds every wait (and its arithmetic).
+  constexpr std::chrono::milliseconds kLongestWait = std::chrono::hours(24);
+  if (wants_readiness &&
+      (config.readiness.timeout <= std::chrono::milliseconds::zero() || config.readiness.timeout > kLongestWait)) {
+    return make_error(std::errc::invalid_argument, "mock: module '" + config.name +
+                                                       "': readiness timeout must be positive and at most a day");
   }
   std::unique_lock<std::mutex> lock(mutex_);
   if (closed_ || token_.is_cancelled()) {

@@ -19,15 +19,25 @@ Error field_error(const ChildSpec& spec, const std::string& what) {
 
 std::string ms_text(Milliseconds value) { return std::to_string(value.count()) + " ms"; }
 
+// Longer durations mean "forever"; clamping keeps every sum and conversion in range.
+Milliseconds clamped(Milliseconds value) { return std::min(value, kMaxDelay); }
+
+// Compared in milliseconds: converting a huge limit to the clock's
+// nanoseconds would overflow. Exact, since the limit is whole milliseconds.
+bool at_least(std::chrono::steady_clock::duration elapsed, Milliseconds limit) {
+  return std::chrono::duration_cast<Milliseconds>(elapsed) >= clamped(limit);
+}
+
 }  // namespace
 
 Result<void> validate(const ChildSpec& spec) {
   if (spec.id.empty()) return make_error(std::errc::invalid_argument, "child id must not be empty");
   const Backoff& backoff = spec.backoff;
   if (backoff.initial.count() < 0) return field_error(spec, "backoff.initial must not be negative");
-  // Written as !(x >= y) so that NaN is refused too.
-  if (!(backoff.multiplier >= 1.0)) {
-    return field_error(spec, "backoff.multiplier must be at least 1 (got " + std::to_string(backoff.multiplier) + ")");
+  // Written as !(x >= y) so that NaN is refused too; infinity makes 0 * inf.
+  if (!(backoff.multiplier >= 1.0) || !std::isfinite(backoff.multiplier)) {
+    return field_error(spec, "backoff.multiplier must be finite and at least 1 (got " +
+                                 std::to_string(backoff.multiplier) + ")");
   }
   if (backoff.table.empty() && backoff.maximum < backoff.initial) {
     return field_error(spec, "backoff.maximum must be at least backoff.initial");
@@ -76,10 +86,13 @@ Milliseconds backoff_delay(const Backoff& backoff, std::uint64_t n, double rando
     std::size_t index = static_cast<std::size_t>(std::min<std::uint64_t>(n, backoff.table.size())) - 1;
     base = static_cast<double>(backoff.table[index].count());
   } else {
-    base = static_cast<double>(backoff.initial.count()) *
-           std::pow(backoff.multiplier, static_cast<double>(n - 1));
+    const double initial = static_cast<double>(clamped(backoff.initial).count());
+    // 0 * pow(...) is NaN once pow overflows: an initial of 0 stays 0.
+    if (initial > 0.0) base = initial * std::pow(backoff.multiplier, static_cast<double>(n - 1));
+    if (std::isnan(base)) base = 0.0;
     // Also catches an overflow to infinity.
-    if (!(base <= static_cast<double>(backoff.maximum.count()))) base = static_cast<double>(backoff.maximum.count());
+    const double maximum = static_cast<double>(clamped(backoff.maximum).count());
+    if (!(base <= maximum)) base = maximum;
   }
   double r = random01;
   if (!(r >= 0.0)) r = 0.0;  // NaN too
@@ -97,7 +110,7 @@ std::optional<std::string> GiveUpTracker::admit_restart(TimePoint now) {
   }
   if (limits_.max_restarts > 0) {
     // A restart exactly `period` ago has left the window.
-    while (!window_.empty() && now - window_.front() >= limits_.period) window_.pop_front();
+    while (!window_.empty() && at_least(now - window_.front(), limits_.period)) window_.pop_front();
     if (window_.size() + 1 > static_cast<std::size_t>(limits_.max_restarts)) {
       return std::to_string(window_.size() + 1) + " restarts within " + ms_text(limits_.period) +
              " (give_up.max_restarts is " + std::to_string(limits_.max_restarts) + ")";
@@ -138,7 +151,7 @@ EndDecision ChildMachine::ended(const ExitStatus& status, TimePoint now, const s
   last_exit_ = status;
   // A run of at least reset_after (from readiness) starts a new streak and
   // row; this end is then the first of them. A run never ready never resets.
-  if (ready_at_ && now - *ready_at_ >= spec_.reset_after) {
+  if (ready_at_ && at_least(now - *ready_at_, spec_.reset_after)) {
     streak_ = 0;
     tracker_.reset_row();
   }

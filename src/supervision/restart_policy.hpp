@@ -31,8 +31,10 @@ namespace modkit::supervision {
 using TimePoint = std::chrono::steady_clock::time_point;
 using Milliseconds = std::chrono::milliseconds;
 
-/// Longest delay ever computed (about 31 years): keeps `now + delay` far from
-/// overflowing a steady_clock time_point whatever the configuration.
+/// Longest delay ever computed (10^12 ms, about 31.7 years): keeps `now +
+/// delay` far from overflowing a steady_clock time_point whatever the
+/// configuration. Every duration of a ChildSpec longer than this counts as
+/// this (the header's "forever").
 constexpr Milliseconds kMaxDelay{1000LL * 1000 * 1000 * 1000};
 
 /// invalid_argument naming the field, for everything but the id's uniqueness

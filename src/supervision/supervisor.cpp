@@ -58,10 +58,19 @@
 //   ready in start()/restart() is reported Exited, then the call fails.
 // - on_event may run on the thread and on callers' threads at once. The
 //   destructor reports nothing. options.random runs under the lock: it must
-//   not call the Supervisor; it is called once per scheduled restart.
+//   not call the Supervisor; it is called once per scheduled restart; its
+//   exception or a non-finite draw counts as 0.5.
+// - The destructor waits kTeardownBound for a thread held in on_event or the
+//   sink, then detaches it (never while it calls the backend, which is
+//   destroyed next). Every callback and re-entrant backend call checks
+//   stopping_ first, so an abandoned thread does nothing visible.
+// - Each public call holds the Impl (a shared_ptr copy), so on_event may
+//   destroy the Supervisor from a caller's thread: the call then finishes on
+//   the Impl without the backend.
 #include "modkit/supervisor.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -139,10 +148,15 @@ constexpr std::size_t kThreadStackBytes = 512 * 1024;
 constexpr std::chrono::seconds kReadinessSlack{5};
 // wait_for_shutdown's own wait, after the backend's, for the last ends.
 constexpr std::chrono::seconds kShutdownBound{10};
+// How long ~Supervisor waits for a thread stuck in on_event or the sink
+// before it abandons it (the header states it).
+constexpr std::chrono::seconds kTeardownBound{2};
 
 // The Supervisor whose on_event runs on this thread (wait_for_shutdown from
 // it must not wait).
 thread_local const void* tls_emitting_for = nullptr;
+// The Supervisor whose thread this is (its callbacks may be abandoned).
+thread_local const void* tls_thread_of = nullptr;
 
 template <typename F>
 void call_host(F&& function) {
@@ -221,7 +235,11 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
  public:
   Impl(std::unique_ptr<ModuleRuntimeBackend> backend, CancellationToken token, std::shared_ptr<LogSink> sink,
        SupervisorOptions options)
-      : backend_(std::move(backend)), token_(std::move(token)), sink_(std::move(sink)), options_(std::move(options)) {}
+      : backend_(std::move(backend)),
+        token_(std::move(token)),
+        sink_(std::move(sink)),
+        options_(std::move(options)),
+        on_event_(std::make_shared<const std::function<void(const SupervisorEvent&)>>(std::move(options_.on_event))) {}
 
   // --- Set-up and teardown ---------------------------------------------------
   void seed(std::uint64_t seed_value) {
@@ -250,6 +268,9 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   }
 
   void run();
+  /// The destructor's wait: true once the thread has ended (join it); false
+  /// when it sits in a host callback past kTeardownBound (detach it).
+  bool wait_for_thread();
 
   // --- Calls ------------------------------------------------------------------
   Result<ChildStatus> start(ChildSpec spec);
@@ -268,6 +289,8 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   CancellationToken token_;
   std::shared_ptr<LogSink> sink_;
   SupervisorOptions options_;
+  // Shared so that emit() calls a copy that outlives the Supervisor.
+  const std::shared_ptr<const std::function<void(const SupervisorEvent&)>> on_event_;
   std::unique_ptr<platform::Thread> thread_;
   std::shared_ptr<std::function<void()>> clock_wake_;  // the clock holds it weakly
   CancellationToken::Registration registration_;
@@ -288,7 +311,20 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   }
   TimePoint now() const { return options_.time->now(); }
   double random01() {
-    if (options_.random) return options_.random();
+    if (options_.random) {
+      // A host callback: its exception or a non-finite draw means "no jitter".
+      double value = 0.5;
+#if defined(__cpp_exceptions)
+      try {
+        value = options_.random();
+      } catch (...) {
+        value = 0.5;
+      }
+#else
+      value = options_.random();
+#endif
+      return std::isfinite(value) ? value : 0.5;
+    }
     return static_cast<double>(generator_() - std::minstd_rand::min()) /
            (static_cast<double>(std::minstd_rand::max() - std::minstd_rand::min()) + 1.0);
   }
@@ -401,6 +437,13 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   std::optional<TimePoint> step(std::vector<Action>& actions);
 
   // --- Without the lock ------------------------------------------------------
+  /// Before a host callback: false once the destructor began.
+  bool enter_host();
+  void leave_host();
+  template <typename F>
+  auto use_backend(F&& call) -> decltype(call());
+  Result<InstanceHandle> start_backend(const OopModuleConfig& config, InstanceEvents events);
+  Result<std::optional<ExitStatus>> stop_backend(const InstanceHandle& handle);
   void emit(const Note& note);
   void emit_all(const std::vector<Note>& notes) {
     for (const auto& each : notes) emit(each);
@@ -432,6 +475,9 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   bool shutting_down_ = false;
   bool shutdown_applied_ = false;  // the thread has stopped what had no incarnation
   bool stopping_ = false;          // the destructor runs
+  bool thread_done_ = false;       // run() has returned
+  int thread_in_host_ = 0;         // the thread runs on_event or the sink (nested: re-entry)
+  int thread_in_backend_ = 0;      // the thread calls the backend (from on_event too)
   bool acting_ = false;            // the thread runs a step's actions (reports included)
   bool any_gave_up_ = false;
 };
@@ -440,13 +486,53 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
 // Events
 // ---------------------------------------------------------------------------
 
-void Supervisor::Impl::emit(const Note& note) {
-  {
-    // Nothing after the destructor began (it may run from an earlier
-    // on_event of this very thread).
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) return;
+bool Supervisor::Impl::enter_host() {
+  // Nothing after the destructor began (it may run from an earlier on_event
+  // of this very thread, or have abandoned this thread in a callback).
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopping_) return false;
+  if (tls_thread_of == this) {
+    ++thread_in_host_;
+    changed_.notify_all();
   }
+  return true;
+}
+
+void Supervisor::Impl::leave_host() {
+  if (tls_thread_of != this) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  --thread_in_host_;
+}
+
+template <typename F>
+auto Supervisor::Impl::use_backend(F&& call) -> decltype(call()) {
+  const bool on_thread = tls_thread_of == this;
+  {
+    // Once the destructor began the backend may be gone (on_event destroyed
+    // the Supervisor during this call). It abandons the thread only outside
+    // the backend.
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return make_error(std::errc::operation_canceled, "the Supervisor is being destroyed");
+    if (on_thread) ++thread_in_backend_;
+  }
+  auto result = call();
+  if (on_thread) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --thread_in_backend_;
+    changed_.notify_all();
+  }
+  return result;
+}
+
+Result<InstanceHandle> Supervisor::Impl::start_backend(const OopModuleConfig& config, InstanceEvents events) {
+  return use_backend([&] { return backend_->start_instance(config, std::move(events)); });
+}
+
+Result<std::optional<ExitStatus>> Supervisor::Impl::stop_backend(const InstanceHandle& handle) {
+  return use_backend([&] { return backend_->stop_instance(handle); });
+}
+
+void Supervisor::Impl::emit(const Note& note) {
   std::string scratch;
   LogRecord record;
   record.module = note.module;
@@ -455,12 +541,18 @@ void Supervisor::Impl::emit(const Note& note) {
   record.level = note.level;
   record.line = utf8::sanitize(note.line, scratch);  // ids and names come from the host
   record.timestamp = std::chrono::system_clock::now();
+  if (!enter_host()) return;
   call_host([&] { sink_->write(record); });
-  if (options_.on_event) {
+  leave_host();
+  if (on_event_ && *on_event_) {
+    if (!enter_host()) return;
+    // A copy: the callback may destroy the Supervisor, and with it options_.
+    const auto callback = on_event_;
     const void* outer = tls_emitting_for;
     tls_emitting_for = this;
-    call_host([&] { options_.on_event(note.event); });
+    call_host([&] { (*callback)(note.event); });
     tls_emitting_for = outer;
+    leave_host();
   }
 }
 
@@ -741,6 +833,7 @@ std::optional<TimePoint> Supervisor::Impl::step(std::vector<Action>& actions) {
 // ---------------------------------------------------------------------------
 
 void Supervisor::Impl::run() {
+  tls_thread_of = this;
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
     const std::uint64_t seen = wakeups_;
@@ -763,6 +856,17 @@ void Supervisor::Impl::run() {
       changed_.wait(lock, woken);
     }
   }
+  thread_done_ = true;
+  changed_.notify_all();
+}
+
+bool Supervisor::Impl::wait_for_thread() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait_for(lock, kTeardownBound, [&] { return thread_done_; });
+  // Past the bound, only a host callback is abandoned: a backend call has the
+  // backend's own bound, and the backend is destroyed after this.
+  changed_.wait(lock, [&] { return thread_done_ || (thread_in_host_ > 0 && thread_in_backend_ == 0); });
+  return thread_done_;
 }
 
 void Supervisor::Impl::execute(std::vector<Action>& actions) {
@@ -797,7 +901,7 @@ void Supervisor::Impl::execute_stop(Action& action) {
     emit(action.note);
     return;
   }
-  auto stopped = backend_->stop_instance(action.handle);
+  auto stopped = stop_backend(action.handle);
   std::vector<Note> notes;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -830,7 +934,7 @@ void Supervisor::Impl::execute_launch(std::uint64_t child_key, bool group) {
   if (child->machine.immediate()) incarnations_[key].ready = true;
   OopModuleConfig config = child->machine.spec().config;
   lock.unlock();
-  auto started = backend_->start_instance(config, events_for(key));
+  auto started = start_backend(config, events_for(key));
   lock.lock();
   child = find(child_key);
   Incarnation* launched = incarnation(key);
@@ -871,7 +975,7 @@ void Supervisor::Impl::execute_launch(std::uint64_t child_key, bool group) {
       launched->expected = true;
     }
     lock.unlock();
-    auto stopped = backend_->stop_instance(*started);
+    auto stopped = stop_backend(*started);
     std::vector<Note> notes;
     lock.lock();
     end_expected(key, stopped && *stopped ? *stopped : std::optional<ExitStatus>(), notes);
@@ -918,6 +1022,11 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
   std::unique_lock<std::mutex> lock(mutex_);
   Child* child = find(child_key);
   if (!child) return make_error(std::errc::operation_canceled, "the child was removed while it started");
+  if (stopping_) {
+    // Destroyed from on_event during restart(): the backend is gone.
+    child->busy = false;
+    return make_error(std::errc::operation_canceled, "child '" + child->id() + "': the Supervisor was destroyed");
+  }
   const std::string id = child->id();
   const std::uint64_t key = new_incarnation(*child);
   incarnations_[key].waited = true;
@@ -927,7 +1036,7 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
   OopModuleConfig config = child->machine.spec().config;
   lock.unlock();
 
-  auto started = backend_->start_instance(config, events_for(key));
+  auto started = start_backend(config, events_for(key));
 
   lock.lock();
   child = find(child_key);
@@ -975,7 +1084,7 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
     changed_.notify_all();
     lock.unlock();
     if (stop_it) {
-      auto stopped = backend_->stop_instance(*started);
+      auto stopped = stop_backend(*started);
       std::vector<Note> notes;
       lock.lock();
       end_expected(key, stopped && *stopped ? *stopped : std::optional<ExitStatus>(), notes);
@@ -1011,7 +1120,8 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
   ++wakeups_;
   changed_.notify_all();
 
-  const auto deadline = Clock::now() + config.readiness.timeout + kReadinessSlack;
+  // Clamped: another backend may accept any timeout.
+  const auto deadline = Clock::now() + std::min(config.readiness.timeout, supervision::kMaxDelay) + kReadinessSlack;
   changed_.wait_until(lock, deadline, [&] { return live->ready || live->ended || interrupted(); });
   child = find(child_key);
   if (interrupted()) return give_up(false);
@@ -1054,7 +1164,7 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
   live->waited = false;
   fail(std::nullopt);
   lock.unlock();
-  auto stopped = backend_->stop_instance(*started);
+  auto stopped = stop_backend(*started);
   std::vector<Note> end_notes;
   lock.lock();
   end_expected(key, stopped && *stopped ? *stopped : std::optional<ExitStatus>(), end_notes);
@@ -1089,7 +1199,7 @@ Result<void> Supervisor::Impl::stop(std::string_view id) {
   Result<void> result;
   std::vector<Note> notes;
   if (handle) {
-    auto ended = backend_->stop_instance(*handle);
+    auto ended = stop_backend(*handle);
     if (ended) {
       stopped.event.status = *ended;
       std::lock_guard<std::mutex> lock(mutex_);
@@ -1134,7 +1244,7 @@ Result<ChildStatus> Supervisor::Impl::restart(std::string_view id) {
     changed_.notify_all();
   }
   if (handle) {
-    auto ended = backend_->stop_instance(*handle);
+    auto ended = stop_backend(*handle);
     std::vector<Note> notes;
     if (ended) {
       stopped.event.status = *ended;
@@ -1171,7 +1281,7 @@ Result<void> Supervisor::Impl::remove(std::string_view id) {
   }
   Result<void> result;
   if (handle) {
-    auto ended = backend_->stop_instance(*handle);
+    auto ended = stop_backend(*handle);
     std::vector<Note> notes;
     if (ended) {
       stopped.event.status = *ended;
@@ -1217,7 +1327,7 @@ void Supervisor::Impl::wait_for_shutdown() {
     }
   }
   for (const auto& [key, handle] : left) {
-    auto stopped = backend_->stop_instance(handle);
+    auto stopped = stop_backend(handle);
     std::vector<Note> notes;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -1273,11 +1383,14 @@ Supervisor::Supervisor(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Supervisor::~Supervisor() {
   if (!impl_) return;
+  // A call on this thread (on_event from start(), say) may still run on it.
+  const std::shared_ptr<Impl> keep = impl_;
   impl_->registration_.reset();  // first: no cancel callback runs after this
   impl_->stop_thread();
-  if (impl_->thread_->is_current()) {
-    // From on_event: the thread ends by itself once the callback returns (it
-    // holds the Impl, and does nothing more once stopping).
+  if (impl_->thread_->is_current() || !impl_->wait_for_thread()) {
+    // From on_event, or stuck in a host callback: the thread ends by itself
+    // once the callback returns (it holds the Impl, and does nothing visible
+    // once stopping).
     impl_->thread_->detach();
   } else {
     impl_->thread_->join();
@@ -1287,13 +1400,38 @@ Supervisor::~Supervisor() {
   impl_->backend_.reset();
 }
 
-Result<ChildStatus> Supervisor::start(ChildSpec spec) { return impl_->start(std::move(spec)); }
-Result<void> Supervisor::stop(std::string_view id) { return impl_->stop(id); }
-Result<ChildStatus> Supervisor::restart(std::string_view id) { return impl_->restart(id); }
-Result<void> Supervisor::remove(std::string_view id) { return impl_->remove(id); }
-Result<ChildStatus> Supervisor::status(std::string_view id) const { return impl_->status(id); }
-std::vector<ChildStatus> Supervisor::list() const { return impl_->list(); }
-bool Supervisor::any_gave_up() const { return impl_->any_gave_up(); }
-void Supervisor::wait_for_shutdown() { impl_->wait_for_shutdown(); }
+// Each call holds the Impl: on_event may destroy the Supervisor meanwhile.
+Result<ChildStatus> Supervisor::start(ChildSpec spec) {
+  auto keep = impl_;
+  return keep->start(std::move(spec));
+}
+Result<void> Supervisor::stop(std::string_view id) {
+  auto keep = impl_;
+  return keep->stop(id);
+}
+Result<ChildStatus> Supervisor::restart(std::string_view id) {
+  auto keep = impl_;
+  return keep->restart(id);
+}
+Result<void> Supervisor::remove(std::string_view id) {
+  auto keep = impl_;
+  return keep->remove(id);
+}
+Result<ChildStatus> Supervisor::status(std::string_view id) const {
+  auto keep = impl_;
+  return keep->status(id);
+}
+std::vector<ChildStatus> Supervisor::list() const {
+  auto keep = impl_;
+  return keep->list();
+}
+bool Supervisor::any_gave_up() const {
+  auto keep = impl_;
+  return keep->any_gave_up();
+}
+void Supervisor::wait_for_shutdown() {
+  auto keep = impl_;
+  keep->wait_for_shutdown();
+}
 
 }  // namespace modkit

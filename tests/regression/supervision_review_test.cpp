@@ -298,8 +298,10 @@ TEST(SupervisionReview, GiantTableAndHugeDelaysAreClampedNotOverflowed) {
 }
 
 // 0 * inf is NaN: a backoff of initial 0 (restart at once) with an infinite
-// multiplier jumps to `maximum` from its second restart on.
-TEST(SupervisionReview, DISABLED_InfiniteMultiplierWithZeroInitialStaysZero) {
+// multiplier jumped to `maximum` from its second restart on. An infinite
+// multiplier is now refused (the 0 * overflow case with a finite one is in
+// supervisor_policy_test.cpp).
+TEST(SupervisionReview, InfiniteMultiplierIsRefused) {
   MockWorld world;
   ASSERT_TRUE(world.supervisor);
   world.mock->script("a", {ends(exited(3))});
@@ -309,20 +311,16 @@ TEST(SupervisionReview, DISABLED_InfiniteMultiplierWithZeroInitialStaysZero) {
   spec.backoff.maximum = 30000ms;
   spec.give_up.max_consecutive_failures = 3;
   auto started = world.supervisor->start(spec);
-  if (!started) {
-    EXPECT_EQ(started.error().code, std::errc::invalid_argument);  // refusing inf is a fine answer too
-    return;
-  }
-  ASSERT_TRUE(world.events.wait_count("a", Kind::RestartScheduled, 2, 5s));
-  auto scheduled = world.events.of("a", Kind::RestartScheduled);
-  EXPECT_EQ(scheduled[0].delay, 0ms);
-  EXPECT_EQ(scheduled[1].delay, 0ms) << "min(maximum, 0 * inf^1) became maximum";
+  ASSERT_FALSE(started);
+  EXPECT_EQ(started.error().code, std::errc::invalid_argument);
+  EXPECT_NE(started.error().message.find("backoff.multiplier"), std::string::npos) << started.error().message;
+  EXPECT_EQ(world.mock->starts("a"), 0);
 }
 
 // give_up.period = milliseconds::max() ("forever") overflows when compared
 // with the clock's nanoseconds (UBSan aborts; without it the window is always
 // empty and the child never gives up).
-TEST(SupervisionReview, DISABLED_HugeGiveUpPeriodStillGivesUp) {
+TEST(SupervisionReview, HugeGiveUpPeriodStillGivesUp) {
   auto run = run_forked(30s, [](Reporter& r) {
     MockWorld world;
     if (!r.check(world.supervisor != nullptr, "no supervisor")) return;
@@ -341,7 +339,7 @@ TEST(SupervisionReview, DISABLED_HugeGiveUpPeriodStillGivesUp) {
 
 // reset_after = milliseconds::max() ("never reset") overflows the same way:
 // every end then resets the row, and max_consecutive_failures never trips.
-TEST(SupervisionReview, DISABLED_HugeResetAfterNeverResetsTheRow) {
+TEST(SupervisionReview, HugeResetAfterNeverResetsTheRow) {
   auto run = run_forked(30s, [](Reporter& r) {
     MockWorld world;
     if (!r.check(world.supervisor != nullptr, "no supervisor")) return;
@@ -364,7 +362,7 @@ TEST(SupervisionReview, DISABLED_HugeResetAfterNeverResetsTheRow) {
 
 // The Mock checks only that a readiness timeout is positive; the Supervisor
 // adds it to now() (and the Mock converts it to nanoseconds): overflow.
-TEST(SupervisionReview, DISABLED_HugeReadinessTimeoutOnTheMockIsRefusedOrHonoured) {
+TEST(SupervisionReview, HugeReadinessTimeoutOnTheMockIsRefusedOrHonoured) {
   auto run = run_forked(30s, [](Reporter& r) {
     MockWorld world({}, /*manual=*/false);
     if (!r.check(world.supervisor != nullptr, "no supervisor")) return;
@@ -389,7 +387,7 @@ TEST(SupervisionReview, DISABLED_HugeReadinessTimeoutOnTheMockIsRefusedOrHonoure
 #if defined(__cpp_exceptions) && !defined(MODKIT_LIBRARY_NO_EXCEPTIONS)
 // SupervisorOptions::random is a host callback like on_event, but it runs on
 // the Supervisor's thread without a try: its exception ends the host.
-TEST(SupervisionReview, DISABLED_RandomThatThrowsDoesNotCrashTheHost) {
+TEST(SupervisionReview, RandomThatThrowsDoesNotCrashTheHost) {
   auto run = run_forked(30s, [](Reporter& r) {
     SupervisorOptions options;
     options.random = []() -> double { throw std::runtime_error("host's generator failed"); };
@@ -430,7 +428,7 @@ TEST(SupervisionReview, OnEventThatThrowsOnEveryKindChangesNothing) {
 
 // on_event blocking (a host waiting on something of its own) holds the
 // Supervisor's thread, and ~Supervisor joins it without a bound.
-TEST(SupervisionReview, DISABLED_BlockingOnEventDoesNotHangTheDestructor) {
+TEST(SupervisionReview, BlockingOnEventDoesNotHangTheDestructor) {
   auto run = run_forked(60s, [](Reporter& r) {
     auto gate = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
     auto state = std::make_shared<std::pair<bool, bool>>(false, false);  // entered, open
@@ -466,7 +464,7 @@ TEST(SupervisionReview, DISABLED_BlockingOnEventDoesNotHangTheDestructor) {
 // on_event of a call's own events runs on the caller's thread: destroying the
 // Supervisor there (its thread is idle, so the destructor joins and frees
 // the Impl) leaves start() running on freed memory.
-TEST(SupervisionReview, DISABLED_DestroyedFromOnEventOnTheCallersThread) {
+TEST(SupervisionReview, DestroyedFromOnEventOnTheCallersThread) {
   auto run = run_forked(30s, [](Reporter& r) {
     auto holder = std::make_shared<std::unique_ptr<Supervisor>>();
     auto destroyed = std::make_shared<std::atomic<bool>>(false);
@@ -700,6 +698,11 @@ TEST(SupervisionReview, PingingGrandchildDoesNotHideTheExitWithoutPidfds) {
 // supervisor thread without a bound: with a sink that is slow (here: held),
 // a module grows the host's memory as fast as it can write.
 TEST(SupervisionReview, StatusFloodWithAHeldSinkKeepsMemoryBounded) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed memory (256 MiB by default), so the
+  // resident size says nothing here; the other builds check it.
+  GTEST_SKIP() << "resident size is not meaningful under AddressSanitizer";
+#endif
   auto run = run_forked(90s, [](Reporter& r) {
     struct HeldSink final : LogSink {
       std::mutex mutex;

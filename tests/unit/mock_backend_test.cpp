@@ -250,6 +250,12 @@ TEST(MockBackend, InvalidConfigIsRefusedAndNotCounted) {
   auto no_timeout = f.backend->start_instance(notify("m", 0ms), f.journal->events());
   ASSERT_FALSE(no_timeout);
   EXPECT_EQ(no_timeout.error().code, std::errc::invalid_argument);
+  // LocalProcessBackend's bound: at most a day (a longer one overflowed).
+  auto huge_timeout =
+      f.backend->start_instance(notify("m", std::chrono::milliseconds::max()), f.journal->events());
+  ASSERT_FALSE(huge_timeout);
+  EXPECT_EQ(huge_timeout.error().code, std::errc::invalid_argument);
+  EXPECT_FALSE(f.backend->start_instance(notify("m", std::chrono::hours(24) + 1ms), f.journal->events()));
   EXPECT_EQ(f.backend->starts("m"), 0);
   auto listed = f.backend->list_instances("m");
   ASSERT_TRUE(listed);
@@ -422,6 +428,24 @@ TEST(MockBackend, ExitAfterEndsWithTheScriptedStatus) {
   ASSERT_TRUE(stopped);
   EXPECT_FALSE(stopped->has_value());
   EXPECT_EQ(f.journal->count(Entry::Kind::Exit, id), 1);
+}
+
+// A script time of milliseconds::max() ("never") overflowed in nanoseconds.
+TEST(MockBackend, HugeScriptTimesNeverCome) {
+  Fixture f;
+  ASSERT_TRUE(f.backend);
+  MockScript script;
+  script.exit_after = std::chrono::milliseconds::max();
+  script.exit_status = exited(3);
+  script.lines = {line(std::chrono::milliseconds::max(), LogStream::Stdout, "never")};
+  f.backend->script("m", {script});
+  auto handle = f.backend->start_instance(notify("m", std::chrono::hours(24)), f.journal->events());
+  ASSERT_TRUE(handle) << handle.error();
+  f.clock->advance(std::chrono::hours(24 * 365));
+  auto stopped = f.backend->stop_instance(*handle);
+  ASSERT_TRUE(stopped);
+  ASSERT_TRUE(stopped->has_value());
+  EXPECT_EQ((*stopped)->kind, ExitStatus::Kind::Signaled);
 }
 
 TEST(MockBackend, ExitBeforeReadinessIsNotReady) {

@@ -208,6 +208,27 @@ TEST(RestartPolicy, HugeDelaysAreCapped) {
   EXPECT_EQ(backoff_delay(backoff, 1000, 1.0), kMaxDelay);
 }
 
+// 0 * pow(2, n) is NaN once pow overflows: it must stay 0, not become maximum.
+TEST(RestartPolicy, ZeroInitialStaysZeroWhateverTheStreak) {
+  Backoff backoff;
+  backoff.initial = 0ms;
+  backoff.multiplier = 2.0;
+  backoff.maximum = 30000ms;
+  backoff.jitter = 1.0;
+  EXPECT_EQ(backoff_delay(backoff, 2, 1.0), 0ms);
+  EXPECT_EQ(backoff_delay(backoff, 5000, 1.0), 0ms);
+}
+
+TEST(RestartPolicy, HugeDurationsCountAsTheBound) {
+  Backoff backoff;
+  backoff.initial = std::chrono::milliseconds::max();
+  backoff.maximum = std::chrono::milliseconds::max();
+  backoff.jitter = 0.0;
+  EXPECT_EQ(backoff_delay(backoff, 1, 0.5), kMaxDelay);
+  backoff.table = {std::chrono::milliseconds::max()};
+  EXPECT_EQ(backoff_delay(backoff, 3, 0.5), kMaxDelay);
+}
+
 // --- Validation ------------------------------------------------------------
 
 void expect_invalid(const ChildSpec& spec, const std::string& field) {
@@ -231,6 +252,17 @@ TEST(RestartPolicy, ValidationNamesTheField) {
     expect_invalid(spec, "backoff.multiplier");
     spec.backoff.multiplier = std::nan("");
     expect_invalid(spec, "backoff.multiplier");
+    spec.backoff.multiplier = std::numeric_limits<double>::infinity();
+    expect_invalid(spec, "backoff.multiplier");
+  }
+  {
+    // Huge durations are "forever", not errors.
+    ChildSpec spec = spec_named("a");
+    spec.backoff.initial = std::chrono::milliseconds::max();
+    spec.backoff.maximum = std::chrono::milliseconds::max();
+    spec.give_up.period = std::chrono::milliseconds::max();
+    spec.reset_after = std::chrono::milliseconds::max();
+    EXPECT_TRUE(validate(spec));
   }
   {
     ChildSpec spec = spec_named("a");
@@ -317,6 +349,17 @@ TEST(RestartPolicy, WindowCountsRestartsScheduledWithinThePeriod) {
   EXPECT_FALSE(tracker.admit_restart(t0() + 1100ms));  // t0+100ms left exactly now
 }
 
+// milliseconds::max() overflowed once converted to the clock's nanoseconds.
+TEST(RestartPolicy, HugePeriodIsForever) {
+  GiveUp limits;
+  limits.max_restarts = 2;
+  limits.period = std::chrono::milliseconds::max();
+  GiveUpTracker tracker(limits);
+  EXPECT_FALSE(tracker.admit_restart(t0()));
+  EXPECT_FALSE(tracker.admit_restart(t0() + 24h * 365));
+  EXPECT_TRUE(tracker.admit_restart(t0() + 24h * 365 * 20));
+}
+
 TEST(RestartPolicy, ZeroLimitsAreOff) {
   GiveUp limits;
   limits.max_restarts = 0;
@@ -365,6 +408,20 @@ TEST(RestartPolicy, CrashLoopGivesUpAfterFiveStartsWithDoublingDelays) {
   EXPECT_FALSE(machine.due());
   ASSERT_TRUE(machine.last_exit());
   EXPECT_EQ(machine.last_exit()->code, 3);
+}
+
+// milliseconds::max() overflowed once converted: every end reset the row.
+TEST(RestartPolicy, HugeResetAfterNeverResets) {
+  ChildSpec spec = crash_loop_spec();
+  spec.reset_after = std::chrono::milliseconds::max();
+  ChildMachine machine(spec);
+  TimePoint now = t0();
+  for (int row = 1; row <= 3; ++row) {
+    machine.begin_start(now);
+    EndDecision decision = machine.ended(exited(3), now + 24h * 365, half);
+    EXPECT_EQ(decision.row, row);
+    now = *machine.due();
+  }
 }
 
 TEST(RestartPolicy, LongRunResetsStreakAndRow) {
