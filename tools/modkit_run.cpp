@@ -391,6 +391,7 @@ int main(int argc, char** argv) {
     auto started = (*supervisor)->start(std::move(spec));
     if (!started) {
       std::fprintf(stderr, "modkit-run: %s\n", started.error().message.c_str());
+      if (token.is_cancelled()) break;  // interrupted by the shutdown, not refused
       ++failures;
     }
   }
