@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "platform/exit_monitor.hpp"
@@ -82,4 +84,55 @@ TEST(Win32Handles, UnwatchFromOnExitFreesTheWatchAtOnce) {
   std::printf("[   NOTE   ] handles %lu before, %lu after %d exits handled\n", *before, *after, kChildren);
   EXPECT_LE(*after, *before + 2) << "the watches of exited children are held until the next watch";
   (*monitor)->shutdown();
+}
+
+// The same through the backend: once the exits of its instances have been
+// reported, nothing of theirs stays open (wait registrations, process,
+// thread and pipe handles), without a later spawn to free it.
+TEST(Win32Handles, ReportedInstancesHoldNoHandles) {
+  CancellationToken token;
+  auto sink = std::make_shared<CollectingSink>();
+  std::mutex mutex;
+  std::condition_variable changed;
+  int reported = 0;
+  LocalProcessOptions options;
+  options.on_exit = [&](const InstanceHandle&, const ExitStatus&) {
+    std::lock_guard<std::mutex> lock(mutex);
+    ++reported;
+    changed.notify_all();
+  };
+  auto backend = LocalProcessBackend::create(token, sink, options);
+  ASSERT_TRUE(backend) << backend.error();
+  auto run_batch = [&](int count, const char* seconds) {
+    int target;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      target = reported + count;
+    }
+    for (int i = 0; i < count; ++i) {
+      OopModuleConfig config("handles", BackendKind::LocalProcess);
+      config.binary = test_child_path();
+      config.args = {"sleep", seconds};
+      ASSERT_TRUE((*backend)->spawn_instance(config));
+    }
+    std::unique_lock<std::mutex> lock(mutex);
+    ASSERT_TRUE(changed.wait_for(lock, 20s, [&] { return reported >= target; }));
+  };
+  run_batch(2, "0");  // the thread pool's and the monitor's one-time handles
+  std::optional<unsigned long> before;
+  for (auto deadline = Clock::now() + 5s; Clock::now() < deadline; std::this_thread::sleep_for(100ms)) {
+    auto now = wintest::handle_count();
+    if (!now) GTEST_SKIP() << "this system reports no handle count";
+    if (before && *now == *before) break;  // settled
+    before = now;
+  }
+  run_batch(6, "1");
+  std::optional<unsigned long> after;
+  for (auto deadline = Clock::now() + 5s; Clock::now() < deadline; std::this_thread::sleep_for(100ms)) {
+    after = wintest::handle_count();
+    if (after && *after <= *before + 2) break;
+  }
+  ASSERT_TRUE(after.has_value());
+  std::printf("[   NOTE   ] handles %lu before, %lu after 6 instances reported\n", *before, *after);
+  EXPECT_LE(*after, *before + 2) << "handles of reported instances are still open";
 }
