@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <condition_variable>
 #include <memory>
@@ -149,6 +150,9 @@ TEST(SupervisorProcess, CrashLoopBacksOffWithinTheJitterBandsAndGivesUpAfterFive
     EXPECT_LE(start_to_start, run_and_exit + delay + world.slack())
         << "restart " << k + 1 << ": run and exit " << run_and_exit.count() << " ms, slack "
         << world.slack().count() << " ms";
+    std::printf("[   NOTE   ] restart %zu: delay %lld ms (base %.0f), start to start %lld ms, run and exit %lld ms\n",
+                k + 1, static_cast<long long>(delay.count()), base[k], static_cast<long long>(start_to_start.count()),
+                static_cast<long long>(run_and_exit.count()));
     EXPECT_TRUE(exits[k].event.failure);
     ASSERT_TRUE(exits[k].event.status);
     EXPECT_EQ(exits[k].event.status->code, 3);
