@@ -441,7 +441,13 @@ class ModuleRuntimeBackend {
   /// end are reported through `events`. Errors as spawn_instance's before the
   /// wait. The default (for backends that predate it) returns
   /// operation_not_supported.
-  virtual Result<InstanceHandle> start_instance(const OopModuleConfig& config, InstanceEvents events);
+  /// (Inline, so the class has no key function: a host built with RTTI can
+  /// derive from it while the library is built with -fno-rtti.)
+  virtual Result<InstanceHandle> start_instance(const OopModuleConfig& config, InstanceEvents events) {
+    (void)events;
+    return make_error(std::errc::operation_not_supported,
+                      "module '" + config.name + "': this backend has no start_instance (use spawn_instance)");
+  }
   /// Stops an instance: graceful step, grace period, then kill; returns once it
   /// has been reaped and its output drained, with its exit status. An instance
   /// that has exited but whose output a descendant still holds open is treated

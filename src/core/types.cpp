@@ -74,9 +74,5 @@ std::string_view to_string(ExitStatus::Reason reason) {
   return "exited";
 }
 
-Result<InstanceHandle> ModuleRuntimeBackend::start_instance(const OopModuleConfig& config, InstanceEvents) {
-  return make_error(std::errc::operation_not_supported,
-                    "module '" + config.name + "': this backend has no start_instance (use spawn_instance)");
-}
 
 }  // namespace modkit
