@@ -145,46 +145,6 @@ int thread_count() {
   return count;
 }
 
-// How many handles this process has open: GetProcessHandleCount, or, where
-// that reports nothing (Wine 8), the system's handle table
-// (NtQuerySystemInformation(SystemHandleInformation)); nullopt if neither works.
-std::optional<unsigned long> handle_count() {
-  DWORD count = 0;
-  if (GetProcessHandleCount(GetCurrentProcess(), &count) && count != 0) return count;
-  struct Entry {
-    USHORT process;
-    USHORT creator_back_trace;
-    UCHAR type;
-    UCHAR attributes;
-    USHORT value;
-    PVOID object;
-    ULONG access;
-  };
-  struct Table {
-    ULONG count;
-    Entry entries[1];
-  };
-  using Query = LONG(NTAPI*)(ULONG, PVOID, ULONG, PULONG);
-  auto query = reinterpret_cast<Query>(
-      reinterpret_cast<void*>(GetProcAddress(GetModuleHandleW(L"ntdll.dll"), "NtQuerySystemInformation")));
-  if (query == nullptr) return std::nullopt;
-  std::vector<unsigned char> buffer(1 << 20);
-  for (int attempt = 0; attempt < 6; ++attempt) {
-    ULONG needed = 0;
-    LONG status = query(16 /* SystemHandleInformation */, buffer.data(), static_cast<ULONG>(buffer.size()), &needed);
-    if (status == static_cast<LONG>(0xC0000004L) /* STATUS_INFO_LENGTH_MISMATCH */) {
-      buffer.resize(std::max<std::size_t>(buffer.size() * 2, needed + 4096));
-      continue;
-    }
-    if (status != 0) return std::nullopt;
-    const auto* table = reinterpret_cast<const Table*>(buffer.data());
-    unsigned long mine = 0;
-    for (ULONG k = 0; k < table->count; ++k) mine += table->entries[k].process == static_cast<USHORT>(GetCurrentProcessId());
-    return mine != 0 ? std::optional<unsigned long>(mine) : std::nullopt;
-  }
-  return std::nullopt;
-}
-
 // Waits (up to 20 s) for idle thread-pool threads to time out.
 int settled_thread_count(int at_most) {
   int count = thread_count();
@@ -567,7 +527,7 @@ TEST(Win32Notify, UnwatchWhileDataFlowsLeavesNothingBehind) {
   };
   warm_up();
   std::this_thread::sleep_for(300ms);
-  auto handles_before = handle_count();
+  auto handles_before = wintest::handle_count();
   int threads_before = thread_count();
 
   for (int round = 0; round < 10; ++round) {
@@ -603,7 +563,7 @@ TEST(Win32Notify, UnwatchWhileDataFlowsLeavesNothingBehind) {
 
   warm_up();
   std::this_thread::sleep_for(300ms);
-  auto handles_after = handle_count();
+  auto handles_after = wintest::handle_count();
   // Thread-pool workers that served the floods time out when idle.
   int threads_after = settled_thread_count(threads_before + 2);
   std::printf("[   NOTE   ] handles %ld -> %ld, threads %d -> %d\n",
