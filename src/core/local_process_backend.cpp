@@ -540,6 +540,10 @@ Result<InstanceHandle> LocalProcessBackend::Impl::wait_until_ready(const Instanc
     std::unique_lock<std::mutex> lock(state_mutex_);
     state_changed_.wait_until(lock, tracker.deadline_hint(), [&] { return generation_ != seen; });
   }
+  // The thread that failed the tracker marks the end reason a moment after
+  // the tracker shows Failed; mark it here too, before stop_group marks the
+  // end as a stop (first mark wins). Found by CI under TSan.
+  if (auto failure = tracker.failure()) mark_end(*instance, *failure);
   // Stopped (the shutdown, or a stop_instance from another thread) before it
   // could be ready: not a readiness failure.
   const int reason = instance->end_reason.load();

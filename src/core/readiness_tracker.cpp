@@ -35,6 +35,7 @@ void ReadinessTracker::ready_locked(Clock::time_point now, Effects& effects) {
 void ReadinessTracker::fail_locked(ExitStatus::Reason reason, std::string why, Effects& effects) {
   if (state_ == ReadyState::Failed) return;
   state_ = ReadyState::Failed;
+  failure_ = reason;
   awaiting_line_.store(false, std::memory_order_release);
   set_deadline_locked(std::nullopt);
   effects.failed = reason;
@@ -159,6 +160,11 @@ bool ReadinessTracker::closed_early() const {
 ReadyState ReadinessTracker::state() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_;
+}
+
+std::optional<ExitStatus::Reason> ReadinessTracker::failure() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failure_;
 }
 
 std::chrono::milliseconds ReadinessTracker::time_to_ready() const {

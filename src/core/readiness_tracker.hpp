@@ -53,6 +53,8 @@ class ReadinessTracker {
   Effects tick(Clock::time_point now);
 
   ReadyState state() const;
+  /// Why it failed; empty unless state() is Failed.
+  std::optional<ExitStatus::Reason> failure() const;
   bool awaits_stdout_line() const { return awaiting_line_.load(std::memory_order_acquire); }
   /// When tick() has something to do; time_point::max() when never. Read
   /// without the lock (the backend's supervisor skips trackers not due).
@@ -80,6 +82,7 @@ class ReadinessTracker {
   const Clock::time_point started_;
   mutable std::mutex mutex_;
   ReadyState state_ = ReadyState::Waiting;
+  std::optional<ExitStatus::Reason> failure_;
   Clock::time_point ready_at_{};
   std::optional<Clock::time_point> deadline_;  // readiness timeout, then the watchdog's
   std::string partial_;                        // a notification line without its newline yet
