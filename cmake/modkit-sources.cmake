@@ -4,11 +4,13 @@ set(MODKIT_CORE_SOURCES
   src/core/cancellation.cpp
   src/core/config_validation.cpp
   src/core/level.cpp
+  src/core/limits_text.cpp
   src/core/instance_lifecycle.cpp
   src/core/line_splitter.cpp
   src/core/local_process_backend.cpp
   src/core/log_sinks.cpp
   src/core/readiness_tracker.cpp
+  src/core/spawn_thread.cpp
   src/core/result.cpp
   src/core/types.cpp
   src/core/utf8.cpp
@@ -20,6 +22,7 @@ set(MODKIT_CORE_SOURCES
 set(MODKIT_POSIX_SOURCES
   src/posix/cgroup.cpp
   src/posix/cgroup_containment.cpp
+  src/posix/cgroup_limits.cpp
   src/posix/environment.cpp
   src/posix/exit_monitor.cpp
   src/posix/pipe_holders.cpp
@@ -33,6 +36,7 @@ set(MODKIT_WIN32_SOURCES
   src/win32/containment.cpp
   src/win32/environment_block.cpp
   src/win32/exit_monitor.cpp
+  src/win32/job_limits.cpp
   src/win32/pipe_reader.cpp
   src/win32/process.cpp
   src/win32/signal_wakeup.cpp

@@ -239,6 +239,89 @@ struct Readiness {
   std::chrono::milliseconds watchdog{0};
 };
 
+/// What one instance may consume (the README's "Limits and privileges" has
+/// the table of what enforces each field on each platform). Unset fields
+/// leave the host's values. Every limit binds the module and what it starts,
+/// never the host.
+struct ResourceLimits {
+  /// What spawn does when a field set here cannot be enforced on this host.
+  enum class Enforcement {
+    /// Spawn fails with not_supported; the message names the field and why.
+    Required,
+    /// Spawn goes on; a Warn library record names each field not applied.
+    BestEffort,
+  };
+  Enforcement enforcement = Enforcement::Required;
+
+  // Group limits: Linux, the instance's cgroup v2 (needs Containment and the
+  // controller delegated to its parent); Windows, the instance's Job object.
+  /// Bytes. Linux: memory.max with memory.oom.group=1 (the out-of-memory
+  /// killer ends the whole instance; ExitStatus::Reason::MemoryLimit).
+  /// Windows: the Job's memory limit (allocations fail past it).
+  std::optional<std::uint64_t> memory_max;
+  /// Bytes. Linux only: memory.high (above it the module is throttled and
+  /// reclaimed, not killed).
+  std::optional<std::uint64_t> memory_high;
+  /// Percent of one CPU (100: one whole CPU; 250: two and a half), 1 to
+  /// 100000. Linux: cpu.max. Windows: the Job's hard CPU rate cap (a share of
+  /// the whole machine, so it is divided by the number of processors).
+  std::optional<std::uint32_t> cpu_percent;
+  /// Processes and threads at once. Linux: pids.max. Windows: the Job's
+  /// active process limit (processes only).
+  std::optional<std::uint64_t> max_processes;
+
+  // Per-process limits: Linux, rlimits set in the child before exec (soft and
+  // hard alike, so the module cannot raise them again).
+  /// Bytes of virtual address space (RLIMIT_AS), the per-process memory
+  /// fallback where no cgroup is available: an allocation past it fails and
+  /// the module decides what happens (most exit). Windows: the Job's
+  /// per-process committed memory limit.
+  std::optional<std::uint64_t> address_space;
+  /// Bytes of data segment and heap (RLIMIT_DATA). Linux only.
+  std::optional<std::uint64_t> data_size;
+  /// CPU time, user plus system. Linux: RLIMIT_CPU, SIGXCPU at the limit and
+  /// SIGKILL a second later. Windows: the Job's per-process user-time limit.
+  /// Either way ExitStatus::Reason::CpuLimit.
+  std::optional<std::chrono::seconds> cpu_time;
+  /// Open descriptors (RLIMIT_NOFILE): opening past it fails with EMFILE. Linux only.
+  std::optional<std::uint64_t> open_files;
+  /// Bytes one file may grow to (RLIMIT_FSIZE). Linux only.
+  std::optional<std::uint64_t> file_size;
+  /// Bytes of a core dump (RLIMIT_CORE); 0 turns core dumps off. Linux only.
+  std::optional<std::uint64_t> core_size;
+  /// RLIMIT_NPROC. Linux only, and it counts every process of the module's
+  /// real user, not only this instance's; it binds nobody with
+  /// CAP_SYS_ADMIN or CAP_SYS_RESOURCE (root), so pair it with
+  /// Privileges::user. max_processes is the per-instance limit.
+  std::optional<std::uint64_t> user_processes;
+};
+
+/// Who the module runs as and what it may gain. Linux only, but for
+/// die_with_host; any other field set is refused on Windows
+/// (not_supported). Changing identity needs the privilege to (CAP_SETUID,
+/// CAP_SETGID: a host running as root); without it spawn fails with
+/// operation_not_permitted and nothing runs.
+struct Privileges {
+  /// Run as this user id (real, effective and saved). Needs `group` too, so
+  /// that a module never keeps the host's group by accident.
+  std::optional<std::uint32_t> user;
+  /// Run as this group id (real, effective and saved).
+  std::optional<std::uint32_t> group;
+  /// The supplementary groups. Unset with `user` or `group` set: none (the
+  /// host's are dropped). Unset otherwise: the host's.
+  std::optional<std::vector<std::uint32_t>> supplementary_groups;
+  /// PR_SET_NO_NEW_PRIVS: no set-user-id program, file capability or
+  /// similar can give the module (or anything it runs) more privilege.
+  bool no_new_privileges = false;
+  /// The module's umask (0 to 0777).
+  std::optional<std::uint32_t> umask;
+  /// The module is killed when the host dies, however it dies (SIGKILL
+  /// included). Linux: the parent-death signal, which follows the thread
+  /// that spawned, so modkit spawns these modules from a long-lived thread
+  /// of its own. Windows: always so (the Job is killed with the host).
+  bool die_with_host = false;
+};
+
 /// What to start. `OopModuleConfig{name, backend}` leaves everything else empty.
 struct OopModuleConfig {
   OopModuleConfig() = default;
@@ -272,6 +355,10 @@ struct OopModuleConfig {
   bool show_window = false;
   /// When the module counts as ready (see Readiness). Default: at once.
   Readiness readiness;
+  /// What it may consume; see ResourceLimits.
+  ResourceLimits limits;
+  /// Who it runs as; see Privileges.
+  Privileges privileges;
 };
 
 /// A running (or once running) instance. Printable with every field.
@@ -288,6 +375,22 @@ struct InstanceHandle {
 };
 std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle);
 
+/// What an ended instance used, to log and compare with its ResourceLimits.
+struct ResourceUsage {
+  /// The module's process, with the descendants it waited for (Linux:
+  /// getrusage of the reaped child; Windows: GetProcessTimes and the peak
+  /// working set).
+  std::chrono::microseconds user_cpu{0};
+  std::chrono::microseconds system_cpu{0};
+  std::uint64_t peak_memory = 0;  ///< bytes, peak resident set
+  /// The instance's whole group, when it had one (Linux: its cgroup's
+  /// cpu.stat, and memory.peak where the memory controller provides it;
+  /// Windows: the Job's accounting and peak job memory).
+  std::optional<std::chrono::microseconds> group_user_cpu;
+  std::optional<std::chrono::microseconds> group_system_cpu;
+  std::optional<std::uint64_t> group_peak_memory;
+};
+
 /// How a child ended.
 struct ExitStatus {
   /// Unknown: the child ended but its status was taken by someone else (a host
@@ -303,8 +406,16 @@ struct ExitStatus {
     ReadinessTimeout,  ///< not ready within Readiness::timeout; modkit stopped it
     NotReady,          ///< exited, or closed its notification descriptor, before it was ready
     WatchdogTimeout,   ///< no watchdog ping within Readiness::watchdog; modkit stopped it
+    /// Ended by its memory limit: the out-of-memory killer inside its cgroup
+    /// (memory.events oom_kill, Linux), or the Job's memory limit (Windows).
+    MemoryLimit,
+    /// Ended by ResourceLimits::cpu_time (Linux: SIGXCPU, or the SIGKILL that
+    /// follows it; Windows: the Job's per-process time limit).
+    CpuLimit,
   };
   Reason reason = Reason::Exited;
+  /// What the instance used, when it could be read (see ResourceUsage).
+  std::optional<ResourceUsage> usage{};
   bool success() const { return kind == Kind::Exited && code == 0; }
 };
 std::string_view to_string(ExitStatus::Reason reason);

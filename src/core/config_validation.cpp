@@ -1,5 +1,6 @@
 #include "core/config_validation.hpp"
 
+#include <optional>
 #include <sstream>
 
 namespace modkit {
@@ -9,6 +10,77 @@ bool has_nul(std::string_view text) { return text.find('\0') != std::string_view
 
 Error invalid(const OopModuleConfig& config, const std::string& what) {
   return make_error(std::errc::invalid_argument, "module '" + config.name + "': " + what);
+}
+
+// Values no module could run under, or that the kernel reads as "no change",
+// are refused here, the same on every platform; what a platform cannot
+// enforce is its own decision (platform::SpawnRequest::limits).
+std::optional<Error> check_limits(const OopModuleConfig& config) {
+  const ResourceLimits& limits = config.limits;
+  constexpr std::uint64_t kMiB = 1024 * 1024;
+  // Every byte limit stays below 2^62 so that no platform's arithmetic on it
+  // (cgroup files, Job SIZE_T fields, rlim_t) can overflow.
+  constexpr std::uint64_t kLargest = std::uint64_t(1) << 62;
+  struct Bytes {
+    const char* field;
+    const std::optional<std::uint64_t>& value;
+    std::uint64_t smallest;
+  };
+  for (const Bytes& bytes : {Bytes{"memory_max", limits.memory_max, kMiB}, Bytes{"memory_high", limits.memory_high, kMiB},
+                             Bytes{"address_space", limits.address_space, kMiB},
+                             Bytes{"data_size", limits.data_size, kMiB}, Bytes{"file_size", limits.file_size, 0},
+                             Bytes{"core_size", limits.core_size, 0}}) {
+    if (bytes.value && (*bytes.value < bytes.smallest || *bytes.value > kLargest)) {
+      return invalid(config, std::string("limits.") + bytes.field + " must be " +
+                                 (bytes.smallest ? "at least 1 MiB" : "at most 2^62") +
+                                 (bytes.smallest ? " (no module runs in less) and at most 2^62 bytes" : " bytes"));
+    }
+  }
+  if (limits.cpu_percent && (*limits.cpu_percent < 1 || *limits.cpu_percent > 100000)) {
+    return invalid(config, "limits.cpu_percent must be 1 to 100000 (percent of one CPU)");
+  }
+  // pids.max takes no more than PID_MAX_LIMIT (4194304, include/linux/threads.h).
+  if (limits.max_processes && (*limits.max_processes < 1 || *limits.max_processes > 4194304)) {
+    return invalid(config, "limits.max_processes must be 1 to 4194304");
+  }
+  if (limits.user_processes && (*limits.user_processes < 1 || *limits.user_processes > kLargest)) {
+    return invalid(config, "limits.user_processes must be at least 1");
+  }
+  if (limits.cpu_time && (limits.cpu_time->count() < 1 || limits.cpu_time->count() > 100LL * 365 * 24 * 3600)) {
+    return invalid(config, "limits.cpu_time must be at least one second (and at most a century)");
+  }
+  if (limits.open_files && (*limits.open_files < 3 || *limits.open_files > (std::uint64_t(1) << 30))) {
+    return invalid(config, "limits.open_files must be at least 3 (stdin, stdout, stderr) and at most 2^30");
+  }
+  if (limits.enforcement != ResourceLimits::Enforcement::Required &&
+      limits.enforcement != ResourceLimits::Enforcement::BestEffort) {
+    return invalid(config, "limits.enforcement is neither Required nor BestEffort");
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> check_privileges(const OopModuleConfig& config) {
+  const Privileges& privileges = config.privileges;
+  // (uid_t)-1 and (gid_t)-1 mean "leave unchanged" to setresuid/setresgid.
+  constexpr std::uint32_t kUnchanged = 0xFFFFFFFFu;
+  if (privileges.user && *privileges.user == kUnchanged) return invalid(config, "privileges.user must not be 4294967295 (-1)");
+  if (privileges.group && *privileges.group == kUnchanged) {
+    return invalid(config, "privileges.group must not be 4294967295 (-1)");
+  }
+  if (privileges.user && !privileges.group) {
+    return invalid(config, "privileges.user needs privileges.group too (a module never keeps the host's group by accident)");
+  }
+  if (privileges.supplementary_groups) {
+    // NGROUPS_MAX on Linux since 2.6.4.
+    if (privileges.supplementary_groups->size() > 65536) {
+      return invalid(config, "privileges.supplementary_groups holds more than 65536 groups");
+    }
+    for (std::uint32_t group : *privileges.supplementary_groups) {
+      if (group == kUnchanged) return invalid(config, "privileges.supplementary_groups must not hold 4294967295 (-1)");
+    }
+  }
+  if (privileges.umask && *privileges.umask > 0777) return invalid(config, "privileges.umask must be 0 to 0777");
+  return std::nullopt;
 }
 
 }  // namespace
@@ -64,6 +136,10 @@ Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
       request.env.emplace_back("MODKIT_WATCHDOG_MS", std::to_string(readiness.watchdog.count()));
     }
   }
+  if (auto error = check_limits(config)) return std::move(*error);
+  if (auto error = check_privileges(config)) return std::move(*error);
+  request.limits = config.limits;
+  request.privileges = config.privileges;
   request.module = config.name;
   request.binary = *config.binary;
   request.args = config.args;

@@ -27,8 +27,10 @@
 
 #include "core/config_validation.hpp"
 #include "core/instance_lifecycle.hpp"
+#include "core/limits_text.hpp"
 #include "core/line_splitter.hpp"
 #include "core/readiness_tracker.hpp"
+#include "core/spawn_thread.hpp"
 #include "core/platform_services.hpp"
 #include "core/utf8.hpp"
 #include "modkit/modkit.hpp"
@@ -190,6 +192,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   void report_exit(const InstancePtr& instance);
 
   core::PlatformServices services_;
+  core::SpawnThread spawn_thread_{services_};  // for Privileges::die_with_host
   CancellationToken token_;
   std::shared_ptr<LogSink> sink_;
   LocalProcessOptions options_;
@@ -421,7 +424,7 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
 
   request->instance_id = new_uuid_v7();
   request->containment = containment_.get();
-  auto process = services_.spawn(*request);
+  auto process = config.privileges.die_with_host ? spawn_thread_.run(*request) : services_.spawn(*request);
   if (!process) return std::move(process).error();
 
   auto instance = std::make_shared<Instance>(std::move(*process), timings_);
@@ -471,7 +474,16 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
   } else {
     text += " (" + std::to_string(request->args.size()) + " argument(s))";
   }
+  if (std::string limits = core::describe_limits(config.limits, config.privileges); !limits.empty()) {
+    text += " (" + limits + ")";
+  }
   queue_record(instance, LogLevel::Info, std::move(text));
+  // BestEffort: the host hears of each limit that could not be applied.
+  if (auto skipped = instance->process->limits_not_applied(); !skipped.empty()) {
+    std::string warning = "not enforced (limits.enforcement is BestEffort): ";
+    for (std::size_t i = 0; i < skipped.size(); ++i) warning += (i ? "; " : "") + skipped[i];
+    queue_record(instance, LogLevel::Warn, std::move(warning));
+  }
 
   std::weak_ptr<Instance> weak_instance = instance;
   std::weak_ptr<Impl> weak_self = shared_from_this();
@@ -483,6 +495,8 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
         if (!self || !alive) return;
         Clock::time_point now = Clock::now();
         // The monitor delivered the notifications written before the exit.
+        // A limit that ended it is the cause, also of a readiness failure.
+        if (auto limit = alive->process->limit_end()) mark_end(*alive, *limit);
         core::ReadinessTracker::Effects ready;
         if (alive->readiness) ready = alive->readiness->exited(now);
         mark_end(*alive, ready.failed ? *ready.failed : ExitStatus::Reason::Exited);
@@ -834,6 +848,8 @@ void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
   }
   std::string text = describe(status);
   if (status.reason != ExitStatus::Reason::Exited) text += " [" + std::string(to_string(status.reason)) + "]";
+  // Its own record, just before the exit's, whose words hosts match.
+  if (status.usage) log_event(instance.get(), LogLevel::Info, core::describe_usage(*status.usage));
   log_event(instance.get(), level, text);
   {
     // Decided under the lock that the destructor sets torn_down_ with: no

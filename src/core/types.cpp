@@ -70,6 +70,8 @@ std::string_view to_string(ExitStatus::Reason reason) {
     case ExitStatus::Reason::ReadinessTimeout: return "readiness timeout";
     case ExitStatus::Reason::NotReady: return "ended before ready";
     case ExitStatus::Reason::WatchdogTimeout: return "watchdog timeout";
+    case ExitStatus::Reason::MemoryLimit: return "memory limit";
+    case ExitStatus::Reason::CpuLimit: return "CPU time limit";
   }
   return "exited";
 }

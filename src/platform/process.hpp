@@ -38,6 +38,12 @@ struct SpawnRequest {
   /// MODKIT_WATCHDOG_MS are removed from what the child inherits (a host
   /// that is itself a module must not pass its own on).
   bool notify = false;
+  /// Validated by core/config_validation. The platform decides what it can
+  /// enforce: under Enforcement::Required a field it cannot is an error
+  /// (not_supported, naming the field); under BestEffort it is skipped and
+  /// named by Process::limits_not_applied().
+  ResourceLimits limits;
+  Privileges privileges;
 };
 
 /// A started child. Thread-safe. The child stays unreaped (a zombie once it
@@ -89,8 +95,15 @@ class Process {
   /// owned by this object, for the ExitMonitor; -1 when there is none.
   virtual std::intptr_t notify_handle() const { return -1; }
 
+  /// The limits skipped under Enforcement::BestEffort, each as
+  /// "field (why)", for the host's warning record.
+  virtual std::vector<std::string> limits_not_applied() const { return {}; }
+  /// Once the child has exited: MemoryLimit or CpuLimit when one of its
+  /// limits ended it, as far as the platform can tell; nullopt otherwise.
+  virtual std::optional<ExitStatus::Reason> limit_end() { return std::nullopt; }
+
   /// The exit status once the child has exited, without reaping it; nullopt
-  /// while it runs. Kind::Unknown when someone else reaped it (a host calling
+  /// while it runs. Carries ExitStatus::usage where it can be read. Kind::Unknown when someone else reaped it (a host calling
   /// waitpid(-1), or SIGCHLD ignored); signals are off from then on.
   virtual std::optional<ExitStatus> peek_exit() = 0;
   /// Waits up to `timeout` for the exit (for error paths where no monitor

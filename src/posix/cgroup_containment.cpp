@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "platform/system.hpp"
+#include "posix/cgroup_limits.hpp"
 #include "posix/unique_fd.hpp"
 
 namespace modkit::posix {
@@ -170,6 +171,9 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
       UniqueFd depth(openat(lock.get(), "cgroup.max.depth", O_WRONLY | O_CLOEXEC));
       std::string limit = std::to_string(kMaxCgroupDepth + 1);
       if (depth) (void)!write(depth.get(), limit.data(), limit.size());
+      // Whatever of memory, cpu, pids cgroup_parent delegates reaches every
+      // cell; one not enabled is reported by the limit that needs it.
+      (void)enable_limit_controllers(lock.get());
       return lock;
     }
     code = std::make_error_code(std::errc::resource_unavailable_try_again);

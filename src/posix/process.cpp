@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -29,6 +30,7 @@
 #include "platform/process.hpp"
 #include "platform/system.hpp"
 #include "posix/cgroup_containment.hpp"
+#include "posix/cgroup_limits.hpp"
 #include "posix/environment.hpp"
 #include "posix/pidfd.hpp"
 #include "posix/pipe_holders.hpp"
@@ -47,11 +49,37 @@ using posix::UniqueFd;
 #endif
 
 // What the child reports through the error pipe when a step fails.
-enum class ChildStage : int { ProcessGroup = 1, Descriptors, WorkingDirectory, CloseDescriptors, Exec, Cgroup };
+enum class ChildStage : int {
+  ProcessGroup = 1,
+  Descriptors,
+  WorkingDirectory,
+  CloseDescriptors,
+  Exec,
+  Cgroup,
+  Rlimit,  // detail: the index in ChildPlan::rlimits
+  SupplementaryGroups,
+  GroupId,
+  UserId,
+  IdentityCheck,
+  NoNewPrivileges,
+  ParentDeathSignal,
+};
 
 struct ChildFailure {
   ChildStage stage;
   int error;
+  int detail;
+};
+
+struct KernelRlimit {
+  unsigned long long current, maximum;
+};
+
+// The rlimits ResourceLimits can set, in the order the child sets them.
+constexpr int kMaxChildRlimits = 7;
+struct ChildRlimit {
+  int resource;
+  KernelRlimit value;
 };
 
 // Everything the child touches, prepared by the parent before the clone.
@@ -65,6 +93,17 @@ struct ChildPlan {
   int cgroup_procs_fd;                 // -1, or the cgroup.procs to join (when clone3 could not)
   int notify_fd;                       // -1, or the notification pipe's write end (>= 4), for descriptor 3
   int first_closed;                    // 3, or 4 when descriptor 3 is the notification pipe
+  ChildRlimit rlimits[kMaxChildRlimits];
+  int rlimit_count;
+  long umask_value;  // -1: keep
+  // Identity, in the order the child applies it (each -1 / false: keep).
+  bool set_groups;
+  const unsigned int* groups;
+  long group_count;
+  long group_id, user_id;
+  bool no_new_privileges;
+  bool die_with_host;
+  long parent_pid;  // getpid() before the clone, for the parent-death check
 };
 
 // The kernel's struct sigaction for rt_sigaction (not glibc's, whose layout differs).
@@ -92,38 +131,54 @@ struct LinuxDirent64 {
 // The child runs on the parent thread's TLS (CLONE_VM without CLONE_SETTLS),
 // so libc's syscall() would write the *parent's* errno on every failure. These
 // return -errno instead and touch no memory but their arguments.
+// Five arguments, all always passed: prctl(PR_SET_NO_NEW_PRIVS) fails with
+// EINVAL unless the unused ones are zero.
 #if defined(__x86_64__)
-MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
+MODKIT_CHILD_CODE long raw_syscall(long number, long a, long b, long c, long d, long e) {
   long result;
   register long r10 __asm__("r10") = d;
-  __asm__ volatile("syscall" : "=a"(result) : "a"(number), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+  register long r8 __asm__("r8") = e;
+  __asm__ volatile("syscall"
+                   : "=a"(result)
+                   : "a"(number), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                   : "rcx", "r11", "memory");
   return result;
 }
 #elif defined(__aarch64__)
-MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
+MODKIT_CHILD_CODE long raw_syscall(long number, long a, long b, long c, long d, long e) {
   register long x8 __asm__("x8") = number;
   register long x0 __asm__("x0") = a;
   register long x1 __asm__("x1") = b;
   register long x2 __asm__("x2") = c;
   register long x3 __asm__("x3") = d;
-  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+  register long x4 __asm__("x4") = e;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
   return x0;
 }
 #else
 // Other architectures: libc's syscall(); spawn() restores the parent's errno.
-MODKIT_CHILD_CODE long raw_syscall(long number, long a = 0, long b = 0, long c = 0, long d = 0) {
-  long result = syscall(number, a, b, c, d);
+MODKIT_CHILD_CODE long raw_syscall(long number, long a, long b, long c, long d, long e) {
+  long result = syscall(number, a, b, c, d, e);
   return result == -1 ? -errno : result;
 }
 #endif
 
-template <typename A = long, typename B = long, typename C = long, typename D = long>
-MODKIT_CHILD_CODE long sys(long number, A a = 0, B b = 0, C c = 0, D d = 0) {
-  return raw_syscall(number, (long)a, (long)b, (long)c, (long)d);  // NOLINT: raw register values
+template <typename A = long, typename B = long, typename C = long, typename D = long, typename E = long>
+MODKIT_CHILD_CODE long sys(long number, A a = 0, B b = 0, C c = 0, D d = 0, E e = 0) {
+  return raw_syscall(number, (long)a, (long)b, (long)c, (long)d, (long)e);  // NOLINT: raw register values
 }
 
-MODKIT_CHILD_CODE void child_fail(const ChildPlan& plan, ChildStage stage, long negative_error) {
-  ChildFailure failure{stage, static_cast<int>(-negative_error)};
+// The 32-bit identity calls where the plain ones take 16-bit ids (i386, arm).
+#ifdef SYS_setresuid32
+constexpr long kSetresuid = SYS_setresuid32, kSetresgid = SYS_setresgid32, kGetresuid = SYS_getresuid32,
+               kGetresgid = SYS_getresgid32, kSetgroups = SYS_setgroups32;
+#else
+constexpr long kSetresuid = SYS_setresuid, kSetresgid = SYS_setresgid, kGetresuid = SYS_getresuid,
+               kGetresgid = SYS_getresgid, kSetgroups = SYS_setgroups;
+#endif
+
+MODKIT_CHILD_CODE void child_fail(const ChildPlan& plan, ChildStage stage, long negative_error, int detail = 0) {
+  ChildFailure failure{stage, static_cast<int>(-negative_error), detail};
   sys(SYS_write, plan.error_fd, &failure, sizeof failure);
   sys(SYS_exit, 127);
 }
@@ -161,9 +216,7 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
   // are open (a closed one comes back POLLNVAL), a chunk at a time up to
   // RLIMIT_NOFILE (capped), and close only those: a plain loop to the limit
   // could run for seconds with a huge RLIMIT_NOFILE.
-  struct KernelRlimit {
-    unsigned long long current, maximum;
-  } limit{65536, 65536};
+  KernelRlimit limit{65536, 65536};
   sys(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &limit);
   constexpr unsigned long long kScanCap = 1ULL << 20;
   unsigned long long end = limit.current < kScanCap ? limit.current : kScanCap;
@@ -183,6 +236,63 @@ MODKIT_CHILD_CODE bool child_close_descriptors(const ChildPlan& plan) {
     }
   }
   return true;
+}
+
+// Limits first (raising a hard limit above the host's needs the privilege
+// the identity change drops), then the identity: groups before the user id,
+// which gives up the right to change them. Every step is checked; the first
+// failure ends the child before exec, so nothing runs half-configured.
+MODKIT_CHILD_CODE void child_limit_and_drop(const ChildPlan& plan) {
+  for (int i = 0; i < plan.rlimit_count; ++i) {
+    if (long error = sys(SYS_prlimit64, 0, plan.rlimits[i].resource, &plan.rlimits[i].value, nullptr); error != 0) {
+      child_fail(plan, ChildStage::Rlimit, error, i);
+    }
+  }
+  if (plan.umask_value >= 0) sys(SYS_umask, plan.umask_value);
+  if (plan.set_groups) {
+    if (long error = sys(kSetgroups, plan.group_count, plan.groups); error != 0) {
+      child_fail(plan, ChildStage::SupplementaryGroups, error);
+    }
+  }
+  if (plan.group_id >= 0) {
+    if (long error = sys(kSetresgid, plan.group_id, plan.group_id, plan.group_id); error != 0) {
+      child_fail(plan, ChildStage::GroupId, error);
+    }
+  }
+  if (plan.user_id >= 0) {
+    if (long error = sys(kSetresuid, plan.user_id, plan.user_id, plan.user_id); error != 0) {
+      child_fail(plan, ChildStage::UserId, error);
+    }
+  }
+  if (plan.group_id >= 0 || plan.user_id >= 0) {
+    unsigned int ids[3] = {0, 0, 0};
+    if (plan.group_id >= 0) {
+      sys(kGetresgid, &ids[0], &ids[1], &ids[2]);
+      for (unsigned int id : ids) {
+        if (id != static_cast<unsigned int>(plan.group_id)) child_fail(plan, ChildStage::IdentityCheck, -EPERM);
+      }
+    }
+    if (plan.user_id >= 0) {
+      sys(kGetresuid, &ids[0], &ids[1], &ids[2]);
+      for (unsigned int id : ids) {
+        if (id != static_cast<unsigned int>(plan.user_id)) child_fail(plan, ChildStage::IdentityCheck, -EPERM);
+      }
+    }
+  }
+  if (plan.no_new_privileges) {
+    if (long error = sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); error != 0) {
+      child_fail(plan, ChildStage::NoNewPrivileges, error);
+    }
+  }
+  // After the identity change, which clears the parent-death signal. It
+  // fires when the thread that cloned us ends (prctl(2)); should the host
+  // have died already we were reparented and nobody would send it.
+  if (plan.die_with_host) {
+    if (long error = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); error != 0) {
+      child_fail(plan, ChildStage::ParentDeathSignal, error);
+    }
+    if (sys(SYS_getppid) != plan.parent_pid) sys(SYS_exit, 127);
+  }
 }
 
 MODKIT_CHILD_CODE int child_main(void* argument) {
@@ -222,12 +332,18 @@ MODKIT_CHILD_CODE int child_main(void* argument) {
   if (plan.notify_fd >= 0) {
     if (long error = sys(SYS_dup3, plan.notify_fd, 3, 0); error < 0) child_fail(plan, ChildStage::Descriptors, error);
   }
+  // Before the limits and the identity change: the fallbacks read
+  // RLIMIT_NOFILE (which open_files lowers) and /proc/self/fd (which a
+  // process that changed its user may no longer open: it is not dumpable).
+  child_close_descriptors(plan);
+  child_limit_and_drop(plan);
+  // After the identity change, so that the module's user must be able to
+  // enter it (as systemd does with WorkingDirectory=).
   if (plan.working_directory != nullptr) {
     if (long error = sys(SYS_chdir, plan.working_directory); error != 0) {
       child_fail(plan, ChildStage::WorkingDirectory, error);
     }
   }
-  child_close_descriptors(plan);
   long error = sys(SYS_execve, plan.path, plan.argv, plan.envp);
   child_fail(plan, ChildStage::Exec, error);
   return 127;
@@ -386,13 +502,115 @@ ExitStatus decode_siginfo(const siginfo_t& info) {
 #define P_PIDFD 3
 #endif
 
+// --- Limits and identity, parent side ---------------------------------------
+
+struct RlimitField {
+  const char* field;
+  int resource;
+};
+
+// What the child's rlimits[] hold, by index (for the error message).
+struct PlannedLimits {
+  const char* fields[kMaxChildRlimits] = {};
+  std::vector<std::string> not_applied;  // BestEffort: "limits.x (why)"
+};
+
+// Soft and hard alike, so the module cannot raise a limit again; but for CPU
+// time, whose soft limit sends SIGXCPU (which a module may catch to save its
+// work) and whose hard limit, a second later, SIGKILL.
+void plan_rlimits(const ResourceLimits& limits, ChildPlan& plan, PlannedLimits& planned) {
+  auto add = [&](const char* field, int resource, std::uint64_t soft, std::uint64_t hard) {
+    planned.fields[plan.rlimit_count] = field;
+    plan.rlimits[plan.rlimit_count++] = ChildRlimit{resource, KernelRlimit{soft, hard}};
+  };
+  if (limits.address_space) add("limits.address_space", RLIMIT_AS, *limits.address_space, *limits.address_space);
+  if (limits.data_size) add("limits.data_size", RLIMIT_DATA, *limits.data_size, *limits.data_size);
+  if (limits.cpu_time) {
+    auto seconds = static_cast<std::uint64_t>(limits.cpu_time->count());
+    add("limits.cpu_time", RLIMIT_CPU, seconds, seconds + 1);
+  }
+  if (limits.open_files) add("limits.open_files", RLIMIT_NOFILE, *limits.open_files, *limits.open_files);
+  if (limits.file_size) add("limits.file_size", RLIMIT_FSIZE, *limits.file_size, *limits.file_size);
+  if (limits.core_size) add("limits.core_size", RLIMIT_CORE, *limits.core_size, *limits.core_size);
+  if (limits.user_processes) add("limits.user_processes", RLIMIT_NPROC, *limits.user_processes, *limits.user_processes);
+}
+
+// The group limits the instance's cgroup cannot take: an error under
+// Required; under BestEffort they are cleared from `limits` and listed.
+Result<void> settle_group_limits(const SpawnRequest& request, const posix::CgroupCell* cell, ResourceLimits& limits,
+                                 PlannedLimits& planned) {
+  std::vector<std::string> missing;
+  if (cell) {
+    missing = posix::unenforceable_cgroup_limits(cell->directory_fd(), cell->path(), limits);
+  } else {
+    const char* why = " (no cgroup for this instance: see Containment)";
+    if (limits.memory_max) missing.push_back(std::string("limits.memory_max") + why);
+    if (limits.memory_high) missing.push_back(std::string("limits.memory_high") + why);
+    if (limits.cpu_percent) missing.push_back(std::string("limits.cpu_percent") + why);
+    if (limits.max_processes) missing.push_back(std::string("limits.max_processes") + why);
+  }
+  if (missing.empty()) return {};
+  if (limits.enforcement == ResourceLimits::Enforcement::Required) {
+    std::string text = "module '" + request.module + "': cannot enforce ";
+    for (std::size_t i = 0; i < missing.size(); ++i) text += (i ? "; " : "") + missing[i];
+    return make_error(std::errc::not_supported, text + " (limits.enforcement is Required)");
+  }
+  for (const auto& entry : missing) {
+    if (entry.rfind("limits.memory_max", 0) == 0) limits.memory_max.reset();
+    if (entry.rfind("limits.memory_high", 0) == 0) limits.memory_high.reset();
+    if (entry.rfind("limits.cpu_percent", 0) == 0) limits.cpu_percent.reset();
+    if (entry.rfind("limits.max_processes", 0) == 0) limits.max_processes.reset();
+  }
+  planned.not_applied = std::move(missing);
+  return {};
+}
+
+void plan_identity(const Privileges& privileges, ChildPlan& plan) {
+  plan.umask_value = privileges.umask ? static_cast<long>(*privileges.umask) : -1;
+  plan.group_id = privileges.group ? static_cast<long>(*privileges.group) : -1;
+  plan.user_id = privileges.user ? static_cast<long>(*privileges.user) : -1;
+  // A new identity drops the host's supplementary groups unless some are given.
+  plan.set_groups = privileges.supplementary_groups || privileges.user || privileges.group;
+  if (privileges.supplementary_groups && !privileges.supplementary_groups->empty()) {
+    static_assert(sizeof(std::uint32_t) == sizeof(unsigned int), "gid list layout");
+    plan.groups = reinterpret_cast<const unsigned int*>(privileges.supplementary_groups->data());
+    plan.group_count = static_cast<long>(privileges.supplementary_groups->size());
+  }
+  plan.no_new_privileges = privileges.no_new_privileges;
+  plan.die_with_host = privileges.die_with_host;
+  plan.parent_pid = getpid();
+}
+
+std::string describe_child_failure(const SpawnRequest& request, const ChildFailure& report,
+                                   const PlannedLimits& planned) {
+  const Privileges& privileges = request.privileges;
+  switch (report.stage) {
+    case ChildStage::Rlimit:
+      if (report.detail >= 0 && report.detail < kMaxChildRlimits && planned.fields[report.detail]) {
+        return std::string("cannot set ") + planned.fields[report.detail] +
+               (report.error == EPERM ? " above the host's own hard limit" : "");
+      }
+      return "cannot set a resource limit";
+    case ChildStage::SupplementaryGroups: return "cannot set the supplementary groups (privileges.supplementary_groups)";
+    case ChildStage::GroupId:
+      return "cannot switch to group id " + std::to_string(privileges.group.value_or(0)) + " (privileges.group)";
+    case ChildStage::UserId:
+      return "cannot switch to user id " + std::to_string(privileges.user.value_or(0)) + " (privileges.user)";
+    case ChildStage::IdentityCheck: return "the identity change did not hold (privileges.user, privileges.group)";
+    case ChildStage::NoNewPrivileges: return "cannot set no_new_privs (privileges.no_new_privileges)";
+    case ChildStage::ParentDeathSignal: return "cannot set the parent-death signal (privileges.die_with_host)";
+    default: return "cannot prepare the child process";
+  }
+}
+
 // --- The process ------------------------------------------------------------
 
 class PosixProcess final : public Process {
  public:
   PosixProcess(std::string module, pid_t pid, UniqueFd pidfd, GracefulStop graceful_stop, UniqueFd stdin_write,
                std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes,
-               std::unique_ptr<posix::CgroupCell> cell, UniqueFd notify_read)
+               std::unique_ptr<posix::CgroupCell> cell, UniqueFd notify_read, std::optional<std::chrono::seconds> cpu_time,
+               std::vector<std::string> limits_not_applied)
       : module_(std::move(module)),
         pid_(pid),
         pidfd_(std::move(pidfd)),
@@ -402,7 +620,30 @@ class PosixProcess final : public Process {
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
         stderr_(std::move(err)),
-        notify_read_(std::move(notify_read)) {}
+        notify_read_(std::move(notify_read)),
+        cpu_time_(cpu_time),
+        limits_not_applied_(std::move(limits_not_applied)) {}
+
+  std::vector<std::string> limits_not_applied() const override { return limits_not_applied_; }
+
+  std::optional<ExitStatus::Reason> limit_end() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!peek_locked() || status_->kind != ExitStatus::Kind::Signaled) return std::nullopt;
+    // memory.oom.group kills the whole cell with SIGKILL; an oom_kill count
+    // alone could be a descendant's while the module itself exited.
+    if (status_->code == SIGKILL && cell_ && posix::read_oom_kills(cell_->directory_fd()) > 0) {
+      return ExitStatus::Reason::MemoryLimit;
+    }
+    if (cpu_time_) {
+      if (status_->code == SIGXCPU) return ExitStatus::Reason::CpuLimit;
+      // The hard limit's SIGKILL, a second after a SIGXCPU the module caught.
+      if (status_->code == SIGKILL && !killed_ && status_->usage &&
+          status_->usage->user_cpu + status_->usage->system_cpu >= *cpu_time_) {
+        return ExitStatus::Reason::CpuLimit;
+      }
+    }
+    return std::nullopt;
+  }
 
   std::int64_t pid() const override { return pid_; }
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
@@ -440,6 +681,7 @@ class PosixProcess final : public Process {
 
   Result<void> kill_tree() override {
     std::lock_guard<std::mutex> lock(mutex_);
+    killed_ = true;
     // The cgroup holds only what this child started, reaped or not; writing
     // its cgroup.kill needs no right to signal its members.
     // An empty one needs nothing (the common case at the end of a stop).
@@ -525,21 +767,42 @@ class PosixProcess final : public Process {
   // waitid on our child, through P_PIDFD (Linux 5.4) where we can: should
   // the host have reaped it behind our back and the pid been reused, P_PID
   // could wait for (or reap) one of the host's children. Retries EINTR.
-  int wait_for_child(siginfo_t& info, int options) {
-    int result;
+  // The system call rather than libc's waitid, for its fifth argument: the
+  // child's rusage, filled for a zombie even with WNOWAIT.
+  int wait_for_child(siginfo_t& info, int options, struct rusage* usage = nullptr) {
+    long result;
     do {
-      result = pidfd_ ? waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info, options) : -1;
+      result = pidfd_ ? syscall(SYS_waitid, P_PIDFD, pidfd_.get(), &info, options, usage) : -1;
       if (result != 0 && (!pidfd_ || errno == EINVAL)) {
-        result = waitid(P_PID, static_cast<id_t>(pid_), &info, options);
+        result = syscall(SYS_waitid, P_PID, pid_, &info, options, usage);
       }
     } while (result != 0 && errno == EINTR);
+    return static_cast<int>(result);
+  }
+
+  ResourceUsage usage_of(const struct rusage& usage) const {
+    ResourceUsage result;
+    auto micros = [](const timeval& time) {
+      return std::chrono::seconds(time.tv_sec) + std::chrono::microseconds(time.tv_usec);
+    };
+    result.user_cpu = micros(usage.ru_utime);
+    result.system_cpu = micros(usage.ru_stime);
+    result.peak_memory = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
+    if (cell_) {
+      // So far: members other than the module may still be running.
+      posix::CgroupUsage group = posix::read_cgroup_usage(cell_->directory_fd());
+      result.group_user_cpu = group.user;
+      result.group_system_cpu = group.system;
+      result.group_peak_memory = group.peak_memory;
+    }
     return result;
   }
 
   std::optional<ExitStatus> peek_locked() {
     if (status_) return status_;
     siginfo_t info{};
-    if (wait_for_child(info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    struct rusage usage {};
+    if (wait_for_child(info, WEXITED | WNOHANG | WNOWAIT, &usage) != 0) {
       // ECHILD: someone else reaped it (waitpid(-1) in the host, or SIGCHLD
       // ignored). Its pid may be anyone's now: no signal from here on.
       reaped_ = true;
@@ -549,6 +812,7 @@ class PosixProcess final : public Process {
     }
     if (info.si_pid == 0) return std::nullopt;  // still running (or traced and not yet released)
     status_ = decode_siginfo(info);
+    status_->usage = usage_of(usage);
     return status_;
   }
 
@@ -564,6 +828,9 @@ class PosixProcess final : public Process {
   UniqueFd stdin_write_;
   std::unique_ptr<PipeReader> stdout_, stderr_;
   const UniqueFd notify_read_;  // non-blocking; read only by the exit monitor
+  const std::optional<std::chrono::seconds> cpu_time_;
+  const std::vector<std::string> limits_not_applied_;
+  bool killed_ = false;  // kill_tree was called (a SIGKILL is then ours)
 };
 
 // A mapping for the child's stack with an inaccessible guard page below it,
@@ -681,18 +948,34 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     }
     cell = std::move(*made);
   }
+  // Its limits, written before any process is in it.
+  ResourceLimits limits = request.limits;
+  PlannedLimits planned;
+  if (auto settled = settle_group_limits(request, cell.get(), limits, planned); !settled) {
+    return std::move(settled).error();
+  }
+  if (cell) {
+    if (auto written = posix::write_cgroup_limits(cell->directory_fd(), cell->path(), limits); !written) {
+      Error error = std::move(written).error();
+      error.message = "module '" + request.module + "': " + error.message;
+      return error;
+    }
+  }
 
-  ChildPlan plan{path->c_str(),
-                 argv.data(),
-                 envp.data(),
-                 request.working_directory ? request.working_directory->c_str() : nullptr,
-                 stdin_source.get(),
-                 out.write_end.get(),
-                 err.write_end.get(),
-                 failure.write_end.get(),
-                 -1,
-                 request.notify ? notify.write_end.get() : -1,
-                 request.notify ? 4 : 3};
+  ChildPlan plan{};
+  plan.path = path->c_str();
+  plan.argv = argv.data();
+  plan.envp = envp.data();
+  plan.working_directory = request.working_directory ? request.working_directory->c_str() : nullptr;
+  plan.stdin_fd = stdin_source.get();
+  plan.stdout_fd = out.write_end.get();
+  plan.stderr_fd = err.write_end.get();
+  plan.error_fd = failure.write_end.get();
+  plan.cgroup_procs_fd = -1;
+  plan.notify_fd = request.notify ? notify.write_end.get() : -1;
+  plan.first_closed = request.notify ? 4 : 3;
+  plan_rlimits(limits, plan, planned);
+  plan_identity(request.privileges, plan);
   ChildStack stack;
   if (!stack.top()) return spawn_error(request, "cannot map the child's stack", errno);
 
@@ -778,6 +1061,10 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
         if (report.error == EACCES && stat(path->c_str(), &info_stat) == 0 && S_ISDIR(info_stat.st_mode)) {
           what += " (it is a directory)";
         }
+        // Since Linux 3.1 a user over RLIMIT_NPROC fails at execve, not at setresuid.
+        if (report.error == EAGAIN && request.limits.user_processes) {
+          what += " (limits.user_processes reached for its user)";
+        }
         return spawn_error(request, what, report.error);
       }
       case ChildStage::Cgroup:
@@ -785,8 +1072,12 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
       case ChildStage::WorkingDirectory:
         return spawn_error(request, "cannot enter working directory '" + *request.working_directory + "'",
                            report.error);
-      default:
+      case ChildStage::ProcessGroup:
+      case ChildStage::Descriptors:
+      case ChildStage::CloseDescriptors:
         return spawn_error(request, "cannot prepare the child process for '" + *path + "'", report.error);
+      default:
+        return spawn_error(request, describe_child_failure(request, report, planned), report.error);
     }
   }
 
@@ -801,7 +1092,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
       request.module, pid, std::move(owned_pidfd), request.graceful_stop, std::move(stdin_pipe.write_end),
       std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes), std::move(cell),
-      std::move(notify.read_end)));
+      std::move(notify.read_end), request.limits.cpu_time, std::move(planned.not_applied)));
 }
 
 }  // namespace modkit::platform

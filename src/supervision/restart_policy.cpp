@@ -63,7 +63,9 @@ bool is_failure(const ChildSpec& spec, const ExitStatus& status) {
   switch (status.reason) {
     case ExitStatus::Reason::ReadinessTimeout:
     case ExitStatus::Reason::NotReady:
-    case ExitStatus::Reason::WatchdogTimeout: return true;
+    case ExitStatus::Reason::WatchdogTimeout:
+    case ExitStatus::Reason::MemoryLimit:
+    case ExitStatus::Reason::CpuLimit: return true;
     case ExitStatus::Reason::Exited:
     case ExitStatus::Reason::Stopped: break;
   }

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <thread>
 #include <chrono>
@@ -35,6 +36,7 @@ __declspec(dllimport) int __cdecl __wgetmainargs(int* argc, wchar_t*** argv, wch
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 extern char** environ;
@@ -268,6 +270,102 @@ int main(int argc, char** argv) {
       out(1, "ignoring SIGTERM\n");
     } else if (command == "raise") {  // raise SIGNUM
       std::raise(static_cast<int>(number(argc, argv, ++i)));
+    } else if (command == "alloc-mb") {
+      // alloc-mb N: allocates and touches N MiB, one at a time; "allocated N
+      // MiB" and on, or "allocation failed at K MiB" and exit 42.
+      long count = number(argc, argv, ++i);
+      for (long done = 0; done < count; ++done) {
+        void* block = std::malloc(1 << 20);
+        if (!block) {
+          out(1, "allocation failed at " + std::to_string(done) + " MiB\n");
+          return 42;
+        }
+        std::memset(block, 1, 1 << 20);  // kept: the point is to hold it
+      }
+      out(1, "allocated " + std::to_string(count) + " MiB\n");
+    } else if (command == "spin") {  // spin SECONDS: burns CPU for that long (wall clock)
+      double seconds = std::strtod(argv[++i], nullptr);
+      auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+      volatile unsigned long sink = 0;
+      while (std::chrono::steady_clock::now() < end) {
+        for (int k = 0; k < 100000; ++k) sink = sink + static_cast<unsigned long>(k);
+      }
+      out(1, "spun\n");
+    } else if (command == "burn-cpu") {  // burn-cpu SECONDS: until it has used that much CPU time
+      double seconds = std::strtod(argv[++i], nullptr);
+      volatile unsigned long sink = 0;
+      while (static_cast<double>(std::clock()) / CLOCKS_PER_SEC < seconds) {
+        for (int k = 0; k < 100000; ++k) sink = sink + static_cast<unsigned long>(k);
+      }
+      out(1, "burnt\n");
+    } else if (command == "fork-until-fail") {
+      // fork-until-fail MAX: forks children that wait for us, until fork
+      // fails or MAX; "forked K errno NAME" (or "forked K" at MAX).
+      long most = number(argc, argv, ++i);
+      int fds[2];
+      if (pipe(fds) != 0) return 97;
+      long forked = 0;
+      int error = 0;
+      for (; forked < most; ++forked) {
+        pid_t pid = fork();
+        if (pid < 0) {
+          error = errno;
+          break;
+        }
+        if (pid == 0) {
+          close(fds[1]);
+          char byte;
+          (void)!read(fds[0], &byte, 1);  // until the parent closes the pipe or ends
+          _exit(0);
+        }
+      }
+      close(fds[1]);
+      while (wait(nullptr) > 0) {
+      }
+      out(1, "forked " + std::to_string(forked) +
+                 (error ? std::string(" errno ") + (error == EAGAIN ? "EAGAIN" : std::strerror(error)) : "") + "\n");
+    } else if (command == "open-until-fail") {
+      // open-until-fail MAX: opens /dev/null until open fails or MAX; "opened K errno NAME".
+      long most = number(argc, argv, ++i);
+      long opened = 0;
+      int error = 0;
+      for (; opened < most; ++opened) {
+        if (open("/dev/null", O_RDONLY) < 0) {
+          error = errno;
+          break;
+        }
+      }
+      out(1, "opened " + std::to_string(opened) +
+                 (error ? std::string(" errno ") + (error == EMFILE ? "EMFILE" : std::strerror(error)) : "") + "\n");
+    } else if (command == "ids") {
+      // ids: "resuid R E S resgid R E S groups G,G, nnp N umask U"
+      uid_t ruid, euid, suid;
+      gid_t rgid, egid, sgid;
+      getresuid(&ruid, &euid, &suid);
+      getresgid(&rgid, &egid, &sgid);
+      gid_t groups[256];
+      int count = getgroups(256, groups);
+      std::string text = "resuid " + std::to_string(ruid) + " " + std::to_string(euid) + " " + std::to_string(suid) +
+                         " resgid " + std::to_string(rgid) + " " + std::to_string(egid) + " " + std::to_string(sgid) +
+                         " groups ";
+      for (int k = 0; k < count; ++k) text += std::to_string(groups[k]) + ",";
+      std::string nnp = "?";
+      if (FILE* status = std::fopen("/proc/self/status", "r")) {
+        char line[256];
+        while (std::fgets(line, sizeof line, status)) {
+          if (std::strncmp(line, "NoNewPrivs:", 11) == 0) nnp = std::to_string(std::atoi(line + 11));
+        }
+        std::fclose(status);
+      }
+      mode_t mask = umask(0);
+      umask(mask);
+      char octal[8];
+      std::snprintf(octal, sizeof octal, "%03o", static_cast<unsigned>(mask));
+      out(1, text + " nnp " + nnp + " umask " + octal + "\n");
+    } else if (command == "ignore-xcpu") {  // SIGXCPU ignored: only the hard CPU limit's SIGKILL ends it
+      std::signal(SIGXCPU, SIG_IGN);
+    } else if (command == "euid") {  // euid: "euid N" (for a setuid copy of this program)
+      out(1, "euid " + std::to_string(geteuid()) + "\n");
     } else if (command == "fds") {  // the open descriptors, from /proc/self/fd
       std::string list = "fds";
       DIR* dir = opendir("/proc/self/fd");
@@ -478,6 +576,60 @@ int main(int argc, char** argv) {
       long count = number(argc, argv, ++i);
       std::string chunk(65536, 'x');
       for (long left = count; left > 0; left -= 65536) out(1, chunk.substr(0, static_cast<std::size_t>(left < 65536 ? left : 65536)));
+    } else if (command == "alloc-mb") {
+      // alloc-mb N: commits and touches N MiB, 1 MiB at a time, and keeps it;
+      // "alloc-mb ok N" or "alloc-mb failed after K error E" (GetLastError).
+      long wanted = number(argc, argv, ++i);
+      long done = 0;
+      DWORD error = 0;
+      for (; done < wanted; ++done) {
+        auto* block = static_cast<volatile char*>(VirtualAlloc(nullptr, 1 << 20, MEM_COMMIT | MEM_RESERVE, PAGE_READWRITE));
+        if (block == nullptr) {
+          error = GetLastError();
+          break;
+        }
+        for (long page = 0; page < (1 << 20); page += 4096) block[page] = 1;
+      }
+      out(1, done == wanted ? "alloc-mb ok " + std::to_string(done) + "\n"
+                            : "alloc-mb failed after " + std::to_string(done) + " error " + std::to_string(error) + "\n");
+    } else if (command == "spin-ms") {
+      // spin-ms N: keeps one CPU busy for N ms of wall time, then
+      // "spin-ms done cpu_ms C" (its own user plus kernel time so far).
+      long milliseconds = number(argc, argv, ++i);
+      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(milliseconds);
+      volatile unsigned long sink = 0;
+      while (std::chrono::steady_clock::now() < until) {
+        for (int k = 0; k < 10000; ++k) sink = sink + static_cast<unsigned long>(k);
+      }
+      FILETIME creation, exit, kernel, user;
+      GetProcessTimes(GetCurrentProcess(), &creation, &exit, &kernel, &user);
+      auto ticks = [](FILETIME t) { return (static_cast<unsigned long long>(t.dwHighDateTime) << 32) | t.dwLowDateTime; };
+      out(1, "spin-ms done cpu_ms " + std::to_string((ticks(user) + ticks(kernel)) / 10000) + "\n");
+    } else if (command == "spawn-children") {
+      // spawn-children N SECONDS: starts N copies of itself that sleep
+      // SECONDS (in its Job); "spawn-children started K error E" (E: the
+      // GetLastError of the first CreateProcessW that failed, else 0).
+      long wanted = number(argc, argv, ++i);
+      std::string seconds = argv[++i];
+      wchar_t self[MAX_PATH];
+      GetModuleFileNameW(nullptr, self, MAX_PATH);
+      long started = 0;
+      DWORD error = 0;
+      for (long k = 0; k < wanted; ++k) {
+        std::wstring line = L"\"" + std::wstring(self) + L"\" sleep " + widen(seconds);
+        STARTUPINFOW startup{};
+        startup.cb = sizeof startup;
+        PROCESS_INFORMATION info{};
+        if (!CreateProcessW(self, line.data(), nullptr, nullptr, FALSE, CREATE_NO_WINDOW, nullptr, nullptr, &startup,
+                            &info)) {
+          error = GetLastError();
+          break;
+        }
+        CloseHandle(info.hThread);
+        CloseHandle(info.hProcess);
+        ++started;
+      }
+      out(1, "spawn-children started " + std::to_string(started) + " error " + std::to_string(error) + "\n");
 #endif
     } else if (command == "read-stdin") {  // read stdin to EOF, then go on
       char buffer[256];

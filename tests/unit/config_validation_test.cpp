@@ -115,3 +115,65 @@ TEST(ConfigValidation, WorkingDirectoryEmptyOrWithNul) {
 }
 
 }  // namespace
+
+TEST(ConfigValidation, LimitsNoModuleCouldRunUnderAreRefusedNamingTheField) {
+  struct Case {
+    void (*set)(OopModuleConfig&);
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](OopModuleConfig& c) { c.limits.memory_max = 4096; }, "limits.memory_max"},
+      {[](OopModuleConfig& c) { c.limits.memory_high = 0; }, "limits.memory_high"},
+      {[](OopModuleConfig& c) { c.limits.address_space = 1000; }, "limits.address_space"},
+      {[](OopModuleConfig& c) { c.limits.data_size = ~0ull; }, "limits.data_size"},
+      {[](OopModuleConfig& c) { c.limits.file_size = ~0ull; }, "limits.file_size"},
+      {[](OopModuleConfig& c) { c.limits.cpu_percent = 0; }, "limits.cpu_percent"},
+      {[](OopModuleConfig& c) { c.limits.cpu_percent = 100001; }, "limits.cpu_percent"},
+      {[](OopModuleConfig& c) { c.limits.max_processes = 0; }, "limits.max_processes"},
+      {[](OopModuleConfig& c) { c.limits.max_processes = 4194305; }, "limits.max_processes"},
+      {[](OopModuleConfig& c) { c.limits.user_processes = 0; }, "limits.user_processes"},
+      {[](OopModuleConfig& c) { c.limits.cpu_time = std::chrono::seconds(0); }, "limits.cpu_time"},
+      {[](OopModuleConfig& c) { c.limits.cpu_time = std::chrono::seconds(-5); }, "limits.cpu_time"},
+      {[](OopModuleConfig& c) { c.limits.open_files = 2; }, "limits.open_files"},
+      {[](OopModuleConfig& c) { c.limits.enforcement = static_cast<modkit::ResourceLimits::Enforcement>(7); },
+       "limits.enforcement"},
+      {[](OopModuleConfig& c) { c.privileges.user = 1000; }, "privileges.group"},
+      {[](OopModuleConfig& c) {
+         c.privileges.user = 0xFFFFFFFFu;
+         c.privileges.group = 1;
+       },
+       "privileges.user"},
+      {[](OopModuleConfig& c) { c.privileges.group = 0xFFFFFFFFu; }, "privileges.group"},
+      {[](OopModuleConfig& c) { c.privileges.supplementary_groups = std::vector<std::uint32_t>{1, 0xFFFFFFFFu}; },
+       "privileges.supplementary_groups"},
+      {[](OopModuleConfig& c) { c.privileges.supplementary_groups = std::vector<std::uint32_t>(65537, 5); },
+       "privileges.supplementary_groups"},
+      {[](OopModuleConfig& c) { c.privileges.umask = 01000; }, "privileges.umask"},
+  };
+  for (const Case& bad : cases) {
+    OopModuleConfig config = good();
+    bad.set(config);
+    std::string message = error_of(config);
+    EXPECT_NE(message.find(bad.field), std::string::npos) << bad.field << ": " << message;
+    EXPECT_EQ(message.rfind("module 'mod': ", 0), 0u) << message;
+  }
+}
+
+TEST(ConfigValidation, SensibleLimitsAndPrivilegesReachTheRequest) {
+  OopModuleConfig config = good();
+  config.limits.memory_max = 64ull << 20;
+  config.limits.cpu_time = std::chrono::seconds(3);
+  config.limits.open_files = 3;
+  config.limits.core_size = 0;
+  config.privileges.user = 1000;
+  config.privileges.group = 1000;
+  config.privileges.umask = 0;
+  config.privileges.die_with_host = true;
+  auto request = validate_config(config);
+  ASSERT_TRUE(request) << request.error();
+  EXPECT_EQ(request->limits.memory_max, config.limits.memory_max);
+  EXPECT_EQ(request->limits.cpu_time, config.limits.cpu_time);
+  EXPECT_EQ(request->limits.core_size, std::optional<std::uint64_t>(0));
+  EXPECT_EQ(request->privileges.user, config.privileges.user);
+  EXPECT_TRUE(request->privileges.die_with_host);
+}

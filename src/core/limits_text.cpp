@@ -1,0 +1,74 @@
+#include "core/limits_text.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+
+namespace modkit::core {
+namespace {
+
+std::string bytes(std::uint64_t value) {
+  char text[48];
+  if (value >= (std::uint64_t(1) << 30) && value % (std::uint64_t(1) << 20) == 0) {
+    std::snprintf(text, sizeof text, "%.1f GiB", static_cast<double>(value) / (1 << 30));
+  } else if (value >= (std::uint64_t(1) << 20)) {
+    std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(value) / (1 << 20));
+  } else {
+    std::snprintf(text, sizeof text, "%" PRIu64 " bytes", value);
+  }
+  return text;
+}
+
+std::string seconds(std::chrono::microseconds value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3f s", static_cast<double>(value.count()) / 1e6);
+  return text;
+}
+
+void add(std::string& text, const std::string& part) { text += (text.empty() ? "" : ", ") + part; }
+
+}  // namespace
+
+std::string describe_limits(const ResourceLimits& limits, const Privileges& privileges) {
+  std::string set;
+  if (limits.memory_max) add(set, "memory_max " + bytes(*limits.memory_max));
+  if (limits.memory_high) add(set, "memory_high " + bytes(*limits.memory_high));
+  if (limits.cpu_percent) add(set, "cpu_percent " + std::to_string(*limits.cpu_percent) + "%");
+  if (limits.max_processes) add(set, "max_processes " + std::to_string(*limits.max_processes));
+  if (limits.address_space) add(set, "address_space " + bytes(*limits.address_space));
+  if (limits.data_size) add(set, "data_size " + bytes(*limits.data_size));
+  if (limits.cpu_time) add(set, "cpu_time " + std::to_string(limits.cpu_time->count()) + " s");
+  if (limits.open_files) add(set, "open_files " + std::to_string(*limits.open_files));
+  if (limits.file_size) add(set, "file_size " + bytes(*limits.file_size));
+  if (limits.core_size) add(set, "core_size " + bytes(*limits.core_size));
+  if (limits.user_processes) add(set, "user_processes " + std::to_string(*limits.user_processes));
+  std::string identity;
+  if (privileges.user) add(identity, "uid " + std::to_string(*privileges.user));
+  if (privileges.group) add(identity, "gid " + std::to_string(*privileges.group));
+  if (privileges.supplementary_groups) {
+    add(identity, std::to_string(privileges.supplementary_groups->size()) + " supplementary group(s)");
+  }
+  if (privileges.no_new_privileges) add(identity, "no_new_privileges");
+  if (privileges.umask) {
+    char text[16];
+    std::snprintf(text, sizeof text, "umask %03o", static_cast<unsigned>(*privileges.umask));
+    add(identity, text);
+  }
+  if (privileges.die_with_host) add(identity, "dies with the host");
+  std::string text;
+  if (!set.empty()) text = "limits: " + set;
+  if (!identity.empty()) text += (text.empty() ? "" : "; ") + std::string("runs with ") + identity;
+  return text;
+}
+
+std::string describe_usage(const ResourceUsage& usage) {
+  std::string text = "used " + seconds(usage.user_cpu) + " user, " + seconds(usage.system_cpu) + " system, peak " +
+                     bytes(usage.peak_memory);
+  std::string group;
+  if (usage.group_user_cpu) add(group, seconds(*usage.group_user_cpu) + " user");
+  if (usage.group_system_cpu) add(group, seconds(*usage.group_system_cpu) + " system");
+  if (usage.group_peak_memory) add(group, "peak " + bytes(*usage.group_peak_memory));
+  if (!group.empty()) text += " (whole group: " + group + ")";
+  return text;
+}
+
+}  // namespace modkit::core
