@@ -7,7 +7,8 @@
 // new console process group; it is then put in its own Job object
 // (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: stopping kills the whole tree, and if
 // the host dies its children die with it) and only then resumed, so no
-// descendant can escape the job.
+// descendant can escape the job. ResourceLimits become limits of that Job
+// (win32/job_limits.hpp), set before it is resumed.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -19,11 +20,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "platform/process.hpp"
 #include "platform/system.hpp"
 #include "win32/command_line.hpp"
 #include "win32/environment_block.hpp"
+#include "win32/job_limits.hpp"
 #include "win32/pipe_reader.hpp"
 #include "win32/process_handle.hpp"
 #include "win32/windows_util.hpp"
@@ -298,11 +301,14 @@ class Win32Process final : public Process {
  public:
   Win32Process(std::string module, DWORD pid, UniqueHandle process, UniqueHandle job, GracefulStop graceful_stop,
                UniqueHandle stdin_write, std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err,
-               UniqueHandle notify_read, UniqueHandle stop_event)
+               UniqueHandle notify_read, UniqueHandle stop_event, std::vector<std::string> limits_not_applied,
+               win32::JobLimitEvents limit_events)
       : module_(std::move(module)),
         pid_(pid),
         process_(std::move(process)),
         job_(std::move(job)),
+        limits_not_applied_(std::move(limits_not_applied)),
+        limit_events_(std::move(limit_events)),
         graceful_stop_(graceful_stop),
         stdin_write_(std::move(stdin_write)),
         stdout_(std::move(out)),
@@ -379,6 +385,13 @@ class Win32Process final : public Process {
   bool contents_empty() override { return true; }
   std::optional<std::int64_t> process_count() override { return std::nullopt; }
 
+  std::vector<std::string> limits_not_applied() const override { return limits_not_applied_; }
+
+  std::optional<ExitStatus::Reason> limit_end() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_events_.drain(pid_);
+  }
+
   std::optional<ExitStatus> peek_exit() override {
     if (!exited()) return std::nullopt;
     std::lock_guard<std::mutex> lock(mutex_);
@@ -418,6 +431,7 @@ class Win32Process final : public Process {
       status.kind = ExitStatus::Kind::Exited;
       status.code = static_cast<int>(code);  // NTSTATUS codes (crashes) come out negative
     }
+    status.usage = win32::read_usage(process_.get(), job_.get());
     return status;
   }
 
@@ -425,6 +439,8 @@ class Win32Process final : public Process {
   const DWORD pid_;
   UniqueHandle process_;
   UniqueHandle job_;
+  const std::vector<std::string> limits_not_applied_;
+  win32::JobLimitEvents limit_events_;  // guarded by mutex_; its port closes with this object
   const GracefulStop graceful_stop_;
   std::mutex mutex_;
   bool reaped_ = false;
@@ -530,6 +546,14 @@ Result<UniqueHandle> make_stop_event(const SpawnRequest& request, std::wstring& 
 }  // namespace
 
 Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
+  // 0. What Windows cannot do is refused before anything exists.
+  if (auto refused = win32::refuse_unsupported(request.module, request.limits, request.privileges)) {
+    return std::move(*refused);
+  }
+  const bool best_effort = request.limits.enforcement == ResourceLimits::Enforcement::BestEffort;
+  std::vector<std::string> limits_not_applied;
+  if (best_effort) limits_not_applied = win32::not_applied_entries(request.limits);
+
   // 1. Every string in UTF-16, the environment, the program.
   auto working_directory = check_working_directory(request);
   if (!working_directory) return std::move(working_directory).error();
@@ -717,8 +741,12 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return spawn_error(request, what, create_error, path_text);
   }
 
+  // The limits are set on the Job before the child is in it and long before
+  // it runs: nothing it does escapes them.
   UniqueHandle job(CreateJobObjectW(nullptr, nullptr));
+  win32::JobLimitEvents limit_events;
   DWORD job_error = 0;
+  std::string job_step = "cannot put '" + path_text + "' in a job object";
   if (!job) {
     job_error = GetLastError();
   } else {
@@ -729,14 +757,39 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     // every process of the job). Wine does not show that dialog.
     limits.BasicLimitInformation.LimitFlags =
         JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
-    if (!SetInformationJobObject(job.get(), JobObjectExtendedLimitInformation, &limits, sizeof limits) ||
-        !AssignProcessToJobObject(job.get(), process.get())) {
+    win32::add_job_limits(request.limits, limits);
+    if (!SetInformationJobObject(job.get(), JobObjectExtendedLimitInformation, &limits, sizeof limits)) {
       job_error = GetLastError();
+      job_step = "cannot set the limits of the job object of '" + path_text + "'";
     }
   }
+  if (job_error == 0 && request.limits.cpu_percent) {
+    JOBOBJECT_CPU_RATE_CONTROL_INFORMATION rate{};
+    rate.ControlFlags = JOB_OBJECT_CPU_RATE_CONTROL_ENABLE | JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP;
+    rate.CpuRate = win32::hard_cap_cpu_rate(*request.limits.cpu_percent, win32::processor_count());
+    if (!SetInformationJobObject(job.get(), JobObjectCpuRateControlInformation, &rate, sizeof rate)) {
+      // Windows 8 and later have it; Wine 8 refuses it (ERROR_INVALID_PARAMETER).
+      std::string why = "the Job's CPU rate control failed: " + win32::system_message(GetLastError());
+      if (!best_effort) {
+        discard_child(process);
+        return make_error(std::errc::not_supported, "module '" + request.module +
+                                                        "': limits.cpu_percent cannot be enforced on Windows here (" +
+                                                        why + ")");
+      }
+      limits_not_applied.push_back("limits.cpu_percent (" + why + ")");
+    }
+  }
+  // The port only reports the end of a memory or time limit, so it exists
+  // only with one of them: other Jobs would just queue NEW_PROCESS and
+  // EXIT_PROCESS messages nobody reads, and hold one more handle.
+  if (job_error == 0 && win32::has_reported_limits(request.limits)) {
+    job_error = limit_events.attach(job.get());
+    if (job_error != 0) job_step = "cannot watch the limits of the job object of '" + path_text + "'";
+  }
+  if (job_error == 0 && !AssignProcessToJobObject(job.get(), process.get())) job_error = GetLastError();
   if (job_error != 0) {
     discard_child(process);
-    return spawn_error(request, "cannot put '" + path_text + "' in a job object", job_error);
+    return spawn_error(request, job_step, job_error);
   }
   if (ResumeThread(thread.get()) == static_cast<DWORD>(-1)) {
     DWORD error = GetLastError();
@@ -753,7 +806,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   return std::unique_ptr<Process>(std::make_unique<Win32Process>(
       request.module, info.dwProcessId, std::move(process), std::move(job), request.graceful_stop,
       std::move(stdin_write), std::move(stdout_reader), std::move(stderr_reader), std::move(notify.read_end),
-      std::move(stop_event)));
+      std::move(stop_event), std::move(limits_not_applied), std::move(limit_events)));
 }
 
 }  // namespace modkit::platform
