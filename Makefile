@@ -2,7 +2,8 @@
 #
 #   make lib     libmodkit.a with nothing but a C++17 compiler and ar (no CMake)
 #   make run     build with CMake and run the demo supervisor on its built-in example
-#                (a crash loop backing off and giving up, modules becoming ready, a clean shutdown)
+#                (a crash loop backing off and giving up, modules becoming ready, a module
+#                ended by its address-space limit, a clean shutdown)
 #   make test    build with CMake and run the test suite through ctest
 #   make bench   build and run the benchmarks (see bench/)
 #   make soak    the long stress run;  make fuzz: the fuzzers, longer than CI

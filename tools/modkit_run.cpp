@@ -1,6 +1,6 @@
 // modkit-run: a small supervisor built on modkit. Runs the modules it is
 // given, forwards their logs, restarts them by their policy, stops them all
-// on Ctrl-C / SIGTERM (or after --seconds). With --example it runs three
+// on Ctrl-C / SIGTERM (or after --seconds). With --example it runs four
 // built-in sample modules.
 //
 // Each module runs under a Supervisor with its own restart policy, readiness
@@ -11,9 +11,11 @@
 #include <climits>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,7 +42,13 @@ int usage() {
                "MODULE: [--restart=never|on-failure|always] [--ready=notify|line:PREFIX] [--ready-timeout=MS]\n"
                "        [--watchdog=MS] [--backoff=INITIAL_MS,MULTIPLIER,MAX_MS] [--jitter=F] [--reset-after=MS]\n"
                "        [--give-up-after=N] [--max-restarts=N/PERIOD_MS] [--success-codes=A,B] [--prevent-codes=A,B]\n"
-               "        NAME=PROGRAM [ARG...]\n"
+               "        [LIMIT...] [PRIVILEGE...] NAME=PROGRAM [ARG...]\n"
+               "LIMIT: [--memory-max=BYTES] [--memory-high=BYTES] [--cpu-percent=N] [--max-processes=N]\n"
+               "       [--address-space=BYTES] [--data-size=BYTES] [--cpu-time=SECONDS] [--open-files=N]\n"
+               "       [--file-size=BYTES] [--core-size=BYTES] [--user-processes=N] [--limits=required|best-effort]\n"
+               "       BYTES: a number, or with K, M or G (KiB, MiB, GiB): --address-space=256M\n"
+               "PRIVILEGE: [--user=UID --group=GID] [--groups=GID,GID...] (empty: none) [--no-new-privileges]\n"
+               "           [--umask=OCTAL] [--die-with-host]\n"
                "FILE: one MODULE per line; '#' starts a comment; \"double quotes\" keep spaces in a word.\n"
                "Exit code: 0, or 3 when a module gave up, 1 when one could not start, 2 for usage errors.\n");
   return 2;
@@ -135,12 +143,124 @@ std::vector<std::string> split(const std::string& text, char separator) {
   }
 }
 
+// A plain number of bytes, or one with a K, M or G suffix (KiB, MiB, GiB).
+bool parse_bytes(const std::string& text, std::uint64_t& value) {
+  if (text.empty()) return false;
+  std::string digits = text;
+  long long unit = 1;
+  switch (digits.back()) {
+    case 'K': case 'k': unit = 1LL << 10; break;
+    case 'M': case 'm': unit = 1LL << 20; break;
+    case 'G': case 'g': unit = 1LL << 30; break;
+    default: break;
+  }
+  if (unit != 1) digits.pop_back();
+  long long number = 0;
+  if (!parse_int(digits, number, 0, LLONG_MAX / unit)) return false;
+  value = static_cast<std::uint64_t>(number * unit);
+  return true;
+}
+
+// Into an optional limit field, within [minimum, maximum] (the library's
+// own bounds, so that a bad value is a usage error here, not a failed start).
+template <typename T>
+bool parse_limit(const std::string& text, std::optional<T>& field, long long minimum, long long maximum) {
+  long long number = 0;
+  if (!parse_int(text, number, minimum, maximum)) return false;
+  field = static_cast<T>(number);
+  return true;
+}
+
+bool parse_byte_limit(const std::string& text, std::optional<std::uint64_t>& field, std::uint64_t minimum) {
+  std::uint64_t bytes = 0;
+  if (!parse_bytes(text, bytes) || bytes < minimum || bytes > (std::uint64_t(1) << 62)) return false;
+  field = bytes;
+  return true;
+}
+
+// A user or group id; (uid_t)-1 means "no change" to the kernel.
+bool parse_id(const std::string& text, std::optional<std::uint32_t>& field) {
+  return parse_limit(text, field, 0, 0xFFFFFFFELL);
+}
+
+bool parse_flag(const std::string& text, bool& value) {
+  if (text != "1" && text != "0") return false;
+  value = text == "1";
+  return true;
+}
+
+// Module options that may stand without a value (then they mean =1).
+bool is_module_flag(const std::string& word) { return word == "--no-new-privileges" || word == "--die-with-host"; }
+
 bool parse_codes(const std::string& text, std::vector<int>& codes) {
   codes.clear();
   for (const auto& part : split(text, ',')) {
     long long code = 0;
     if (!parse_int(part, code, INT_MIN, INT_MAX)) return false;
     codes.push_back(static_cast<int>(code));
+  }
+  return true;
+}
+
+// A ResourceLimits or Privileges option; false when `key` is none of them.
+// `ok` says whether its value was good.
+bool apply_limit_option(const std::string& key, const std::string& value, modkit::OopModuleConfig& config, bool& ok) {
+  constexpr std::uint64_t kMiB = 1 << 20;
+  modkit::ResourceLimits& limits = config.limits;
+  modkit::Privileges& privileges = config.privileges;
+  if (key == "--memory-max") {
+    ok = parse_byte_limit(value, limits.memory_max, kMiB);
+  } else if (key == "--memory-high") {
+    ok = parse_byte_limit(value, limits.memory_high, kMiB);
+  } else if (key == "--cpu-percent") {
+    ok = parse_limit(value, limits.cpu_percent, 1, 100000);
+  } else if (key == "--max-processes") {
+    ok = parse_limit(value, limits.max_processes, 1, 4194304);  // PID_MAX_LIMIT
+  } else if (key == "--address-space") {
+    ok = parse_byte_limit(value, limits.address_space, 16 * kMiB);  // the library's floors
+  } else if (key == "--data-size") {
+    ok = parse_byte_limit(value, limits.data_size, 16 * kMiB);
+  } else if (key == "--cpu-time") {
+    std::optional<long long> seconds;
+    ok = parse_limit(value, seconds, 1, 100LL * 365 * 24 * 3600);
+    if (ok) limits.cpu_time = std::chrono::seconds(*seconds);
+  } else if (key == "--open-files") {
+    ok = parse_limit(value, limits.open_files, 8, 1LL << 30);
+  } else if (key == "--file-size") {
+    ok = parse_byte_limit(value, limits.file_size, 0);
+  } else if (key == "--core-size") {
+    ok = parse_byte_limit(value, limits.core_size, 0);
+  } else if (key == "--user-processes") {
+    ok = parse_limit(value, limits.user_processes, 1, 1LL << 62);
+  } else if (key == "--limits") {
+    if (value == "required") limits.enforcement = modkit::ResourceLimits::Enforcement::Required;
+    else if (value == "best-effort") limits.enforcement = modkit::ResourceLimits::Enforcement::BestEffort;
+    else ok = false;
+  } else if (key == "--user") {
+    ok = parse_id(value, privileges.user);
+  } else if (key == "--group") {
+    ok = parse_id(value, privileges.group);
+  } else if (key == "--groups") {
+    privileges.supplementary_groups.emplace();
+    if (!value.empty()) {
+      for (const auto& part : split(value, ',')) {
+        std::optional<std::uint32_t> group;
+        ok = ok && parse_id(part, group);
+        if (ok) privileges.supplementary_groups->push_back(*group);
+      }
+    }
+  } else if (key == "--no-new-privileges") {
+    ok = parse_flag(value, privileges.no_new_privileges);
+  } else if (key == "--umask") {
+    // Octal digits only (strtol would take a sign, spaces, or 8 and 9 as the end).
+    ok = !value.empty() && value.size() <= 4 && value.find_first_not_of("01234567") == std::string::npos;
+    long mask = ok ? std::strtol(value.c_str(), nullptr, 8) : -1;
+    ok = ok && mask <= 0777;
+    if (ok) privileges.umask = static_cast<std::uint32_t>(mask);
+  } else if (key == "--die-with-host") {
+    ok = parse_flag(value, privileges.die_with_host);
+  } else {
+    return false;
   }
   return true;
 }
@@ -184,7 +304,7 @@ bool apply_option(const std::string& key, const std::string& value, modkit::Chil
     ok = parse_codes(value, spec.success_exit_codes);
   } else if (key == "--prevent-codes") {
     ok = parse_codes(value, spec.prevent_restart_exit_codes);
-  } else {
+  } else if (!apply_limit_option(key, value, spec.config, ok)) {
     error = "unknown module option '" + key + "'";
     return false;
   }
@@ -198,11 +318,20 @@ bool parse_module(const std::vector<std::string>& words, std::size_t& index, mod
   spec.config.backend = modkit::BackendKind::LocalProcess;
   for (; index < words.size() && words[index].rfind("--", 0) == 0; ++index) {
     std::size_t equals = words[index].find('=');
+    if (equals == std::string::npos && is_module_flag(words[index])) {
+      if (!apply_option(words[index], "1", spec, error)) return false;
+      continue;
+    }
     if (equals == std::string::npos) {
       error = "module option '" + words[index] + "' needs a value (--key=value)";
       return false;
     }
     if (!apply_option(words[index].substr(0, equals), words[index].substr(equals + 1), spec, error)) return false;
+  }
+  // The library refuses this too, but only when the module starts.
+  if (spec.config.privileges.user && !spec.config.privileges.group) {
+    error = "--user needs --group too (a module never keeps the host's group by accident)";
+    return false;
   }
   if (index >= words.size()) {
     error = "a module needs NAME=PROGRAM";
@@ -280,10 +409,11 @@ bool read_module_file(const char* path, std::vector<modkit::ChildSpec>& specs, s
 }
 
 // The built-in example: a service ready by notification, a worker ready by a
-// stdout line, and a module that fails at once, backs off and gives up.
+// stdout line, a module that fails at once, backs off and gives up, and one
+// that takes memory until its address-space limit ends it.
 std::vector<modkit::ChildSpec> example_specs(const std::string& self) {
   std::vector<modkit::ChildSpec> specs;
-  for (const char* kind : {"api", "worker", "flaky"}) {
+  for (const char* kind : {"api", "worker", "flaky", "hog"}) {
     modkit::ChildSpec spec;
     spec.id = kind;
     spec.config = modkit::OopModuleConfig(kind, modkit::BackendKind::LocalProcess);
@@ -299,6 +429,11 @@ std::vector<modkit::ChildSpec> example_specs(const std::string& self) {
   specs[2].backoff.initial = std::chrono::milliseconds(100);
   specs[2].backoff.multiplier = 2.0;
   specs[2].give_up.max_consecutive_failures = 4;
+  // Never restarted: "flaky" stays the one that gives up (exit code 3).
+  specs[3].restart = modkit::RestartPolicy::Never;
+  specs[3].config.limits.address_space = 256u << 20;
+  // Its abort would otherwise leave a core of up to 256 MiB where the host allows cores.
+  specs[3].config.limits.core_size = 0;
   return specs;
 }
 
@@ -318,7 +453,10 @@ int main(int argc, char** argv) {
   std::size_t i = 0;
   std::string error;
   bool modules_given = false;
-  for (; i < words.size() && words[i].rfind("--", 0) == 0 && words[i].find('=') == std::string::npos; ++i) {
+  // Global options until the first module's: "--key=value", or a module flag.
+  for (; i < words.size() && words[i].rfind("--", 0) == 0 && words[i].find('=') == std::string::npos &&
+         !is_module_flag(words[i]);
+       ++i) {
     const std::string& word = words[i];
     bool has_value = i + 1 < words.size();
     if (word == "--json") {

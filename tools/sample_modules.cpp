@@ -2,11 +2,13 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <vector>
 
 #ifdef _WIN32
 #include <windows.h>
@@ -80,12 +82,34 @@ int flaky() {
   return 3;
 }
 
+// Takes memory 8 MiB at a time, touching every page, up to 4 GiB. Under an
+// address-space limit `new` throws std::bad_alloc; nothing catches it, so
+// the runtime prints "terminate called after throwing an instance of
+// 'std::bad_alloc'" and aborts (SIGABRT).
+int hog() {
+  constexpr int kStepMib = 8;
+  constexpr std::size_t kStep = std::size_t(kStepMib) << 20;
+  std::vector<char*> held;  // kept, so the allocations cannot be optimised away
+  for (int mib = kStepMib; mib <= 4096; mib += kStepMib) {
+    char* block = new char[kStep];
+    for (std::size_t at = 0; at < kStep; at += 4096) block[at] = static_cast<char>(at >> 12);
+    held.push_back(block);
+    std::printf("holding %d MiB\n", mib);
+    std::fflush(stdout);
+    pause_ms(20);
+  }
+  std::printf("held 4 GiB, no limit stopped me\n");
+  for (char* block : held) delete[] block;
+  return 0;
+}
+
 }  // namespace
 
 int run_sample_module(std::string_view kind) {
   if (kind == "api") return api();
   if (kind == "worker") return worker();
   if (kind == "flaky") return flaky();
+  if (kind == "hog") return hog();
   return -1;
 }
 

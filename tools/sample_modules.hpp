@@ -5,7 +5,7 @@
 
 namespace modkit_run {
 
-/// Runs the sample module `kind` ("api", "worker", "flaky"); returns its exit code,
+/// Runs the sample module `kind` ("api", "worker", "flaky", "hog"); returns its exit code,
 /// or -1 if there is no such sample.
 int run_sample_module(std::string_view kind);
 

@@ -382,7 +382,11 @@ struct ResourceUsage {
   /// working set).
   std::chrono::microseconds user_cpu{0};
   std::chrono::microseconds system_cpu{0};
-  std::uint64_t peak_memory = 0;  ///< bytes, peak resident set
+  /// Bytes, peak resident set. Linux: empty when it cannot be told from the
+  /// host's own: the kernel carries the spawning process's peak over into
+  /// the child's across execve, so only a peak above the host's is the
+  /// module's (the cgroup's group_peak_memory is exact where it exists).
+  std::optional<std::uint64_t> peak_memory;
   /// The instance's whole group, when it had one (Linux: its cgroup's
   /// cpu.stat, and memory.peak where the memory controller provides it;
   /// Windows: the Job's accounting and peak job memory).

@@ -26,14 +26,16 @@ std::optional<Error> check_limits(const OopModuleConfig& config) {
     const std::optional<std::uint64_t>& value;
     std::uint64_t smallest;
   };
+  // An ordinary dynamically linked program cannot even be loaded with less
+  // address space or data than 16 MiB (ld.so maps libc) or fewer than 8
+  // descriptors.
   for (const Bytes& bytes : {Bytes{"memory_max", limits.memory_max, kMiB}, Bytes{"memory_high", limits.memory_high, kMiB},
-                             Bytes{"address_space", limits.address_space, kMiB},
-                             Bytes{"data_size", limits.data_size, kMiB}, Bytes{"file_size", limits.file_size, 0},
+                             Bytes{"address_space", limits.address_space, 16 * kMiB},
+                             Bytes{"data_size", limits.data_size, 16 * kMiB}, Bytes{"file_size", limits.file_size, 0},
                              Bytes{"core_size", limits.core_size, 0}}) {
     if (bytes.value && (*bytes.value < bytes.smallest || *bytes.value > kLargest)) {
-      return invalid(config, std::string("limits.") + bytes.field + " must be " +
-                                 (bytes.smallest ? "at least 1 MiB" : "at most 2^62") +
-                                 (bytes.smallest ? " (no module runs in less) and at most 2^62 bytes" : " bytes"));
+      std::string floor = bytes.smallest == 0 ? "" : "at least " + std::to_string(bytes.smallest / kMiB) + " MiB and ";
+      return invalid(config, std::string("limits.") + bytes.field + " must be " + floor + "at most 2^62 bytes");
     }
   }
   if (limits.cpu_percent && (*limits.cpu_percent < 1 || *limits.cpu_percent > 100000)) {
@@ -49,8 +51,8 @@ std::optional<Error> check_limits(const OopModuleConfig& config) {
   if (limits.cpu_time && (limits.cpu_time->count() < 1 || limits.cpu_time->count() > 100LL * 365 * 24 * 3600)) {
     return invalid(config, "limits.cpu_time must be at least one second (and at most a century)");
   }
-  if (limits.open_files && (*limits.open_files < 3 || *limits.open_files > (std::uint64_t(1) << 30))) {
-    return invalid(config, "limits.open_files must be at least 3 (stdin, stdout, stderr) and at most 2^30");
+  if (limits.open_files && (*limits.open_files < 8 || *limits.open_files > (std::uint64_t(1) << 30))) {
+    return invalid(config, "limits.open_files must be at least 8 (stdio, and what the loader opens) and at most 2^30");
   }
   if (limits.enforcement != ResourceLimits::Enforcement::Required &&
       limits.enforcement != ResourceLimits::Enforcement::BestEffort) {

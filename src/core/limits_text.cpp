@@ -61,8 +61,8 @@ std::string describe_limits(const ResourceLimits& limits, const Privileges& priv
 }
 
 std::string describe_usage(const ResourceUsage& usage) {
-  std::string text = "used " + seconds(usage.user_cpu) + " user, " + seconds(usage.system_cpu) + " system, peak " +
-                     bytes(usage.peak_memory);
+  std::string text = "used " + seconds(usage.user_cpu) + " user, " + seconds(usage.system_cpu) + " system";
+  if (usage.peak_memory) text += ", peak " + bytes(*usage.peak_memory);
   std::string group;
   if (usage.group_user_cpu) add(group, seconds(*usage.group_user_cpu) + " user");
   if (usage.group_system_cpu) add(group, seconds(*usage.group_system_cpu) + " system");

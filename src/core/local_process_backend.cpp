@@ -87,6 +87,16 @@ void mark_end(Instance& instance, ExitStatus::Reason reason) {
   instance.end_reason.compare_exchange_strong(unknown, static_cast<int>(reason));
 }
 
+// A limit that ended the module is the cause of whatever else went wrong
+// (a readiness failure, above all): marked first, as the first mark wins.
+// The exit callback marks it too, but the readiness may fail before that
+// callback runs (found by review: half the CPU-limited modules that were
+// never ready ended as "NotReady").
+void mark_limit_end(Instance& instance) {
+  if (!instance.process->peek_exit()) return;
+  if (auto limit = instance.process->limit_end()) mark_end(instance, *limit);
+}
+
 ExitStatus status_with_reason(const Instance& instance, ExitStatus status) {
   int reason = instance.end_reason.load();
   status.reason = reason < 0 ? ExitStatus::Reason::Exited : static_cast<ExitStatus::Reason>(reason);
@@ -330,6 +340,7 @@ void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, cor
     }
   }
   if (effects.failed) {
+    mark_limit_end(*instance);
     mark_end(*instance, *effects.failed);
     events.push_back({instance, {LogLevel::Warn, effects.why + ": stopping it"}, false});
   }
@@ -557,7 +568,10 @@ Result<InstanceHandle> LocalProcessBackend::Impl::wait_until_ready(const Instanc
   // The thread that failed the tracker marks the end reason a moment after
   // the tracker shows Failed; mark it here too, before stop_group marks the
   // end as a stop (first mark wins). Found by CI under TSan.
-  if (auto failure = tracker.failure()) mark_end(*instance, *failure);
+  if (auto failure = tracker.failure()) {
+    mark_limit_end(*instance);
+    mark_end(*instance, *failure);
+  }
   // Stopped (the shutdown, or a stop_instance from another thread) before it
   // could be ready: not a readiness failure.
   const int reason = instance->end_reason.load();

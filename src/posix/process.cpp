@@ -20,10 +20,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -535,13 +537,22 @@ void plan_rlimits(const ResourceLimits& limits, ChildPlan& plan, PlannedLimits& 
   if (limits.user_processes) add("limits.user_processes", RLIMIT_NPROC, *limits.user_processes, *limits.user_processes);
 }
 
-// The group limits the instance's cgroup cannot take: an error under
-// Required; under BestEffort they are cleared from `limits` and listed.
+// The limits this spawn cannot enforce (the group limits without their
+// controller, RLIMIT_NPROC for root): an error under Required; under
+// BestEffort they are cleared from `limits` and listed.
 Result<void> settle_group_limits(const SpawnRequest& request, const posix::CgroupCell* cell, ResourceLimits& limits,
                                  PlannedLimits& planned) {
   std::vector<std::string> missing;
+  // RLIMIT_NPROC binds no process with CAP_SYS_RESOURCE or CAP_SYS_ADMIN
+  // (kernel/fork.c): a module that runs as root would not feel it.
+  const bool runs_as_root = request.privileges.user ? *request.privileges.user == 0 : geteuid() == 0;
+  if (limits.user_processes && runs_as_root) {
+    missing.push_back("limits.user_processes (the module runs as root, which RLIMIT_NPROC does not bind: set "
+                      "privileges.user)");
+  }
   if (cell) {
-    missing = posix::unenforceable_cgroup_limits(cell->directory_fd(), cell->path(), limits);
+    auto group = posix::unenforceable_cgroup_limits(cell->directory_fd(), cell->path(), limits);
+    missing.insert(missing.end(), group.begin(), group.end());
   } else {
     const char* why = " (no cgroup for this instance: see Containment)";
     if (limits.memory_max) missing.push_back(std::string("limits.memory_max") + why);
@@ -560,6 +571,7 @@ Result<void> settle_group_limits(const SpawnRequest& request, const posix::Cgrou
     if (entry.rfind("limits.memory_high", 0) == 0) limits.memory_high.reset();
     if (entry.rfind("limits.cpu_percent", 0) == 0) limits.cpu_percent.reset();
     if (entry.rfind("limits.max_processes", 0) == 0) limits.max_processes.reset();
+    if (entry.rfind("limits.user_processes", 0) == 0) limits.user_processes.reset();
   }
   planned.not_applied = std::move(missing);
   return {};
@@ -581,6 +593,24 @@ void plan_identity(const Privileges& privileges, ChildPlan& plan) {
   plan.parent_pid = getpid();
 }
 
+// The kernel clears the parent-death signal when execve raises privilege (a
+// set-user-id or set-group-id file, or file capabilities: prctl(2)), so such
+// a module would outlive the host in silence. Under no_new_privs nothing is
+// raised and the signal holds. The file may change before the exec; this
+// catches the configuration mistake, not a race with the file's owner.
+Result<void> check_parent_death(const SpawnRequest& request, const std::string& path) {
+  const Privileges& privileges = request.privileges;
+  if (!privileges.die_with_host || privileges.no_new_privileges) return {};
+  struct stat info;
+  bool raises = stat(path.c_str(), &info) == 0 && (info.st_mode & (S_ISUID | S_ISGID)) != 0;
+  raises = raises || getxattr(path.c_str(), "security.capability", nullptr, 0) > 0;
+  if (!raises) return {};
+  return make_error(std::errc::invalid_argument,
+                    "module '" + request.module + "': privileges.die_with_host cannot hold for '" + path +
+                        "', which is set-user-id, set-group-id or has file capabilities (the kernel clears the "
+                        "parent-death signal when it runs): set privileges.no_new_privileges too");
+}
+
 std::string describe_child_failure(const SpawnRequest& request, const ChildFailure& report,
                                    const PlannedLimits& planned) {
   const Privileges& privileges = request.privileges;
@@ -591,7 +621,17 @@ std::string describe_child_failure(const SpawnRequest& request, const ChildFailu
                (report.error == EPERM ? " above the host's own hard limit" : "");
       }
       return "cannot set a resource limit";
-    case ChildStage::SupplementaryGroups: return "cannot set the supplementary groups (privileges.supplementary_groups)";
+    case ChildStage::SupplementaryGroups: {
+      std::string text = privileges.supplementary_groups
+                             ? "cannot set the supplementary groups (privileges.supplementary_groups)"
+                             : "cannot drop the host's supplementary groups, which a new privileges.user or "
+                               "privileges.group needs";
+      // In a user namespace whose setgroups is denied no identity change can drop them.
+      if (posix::read_text(AT_FDCWD, "/proc/self/setgroups").rfind("deny", 0) == 0) {
+        text += " (setgroups is denied in this user namespace)";
+      }
+      return text;
+    }
     case ChildStage::GroupId:
       return "cannot switch to group id " + std::to_string(privileges.group.value_or(0)) + " (privileges.group)";
     case ChildStage::UserId:
@@ -610,7 +650,7 @@ class PosixProcess final : public Process {
   PosixProcess(std::string module, pid_t pid, UniqueFd pidfd, GracefulStop graceful_stop, UniqueFd stdin_write,
                std::unique_ptr<PipeReader> out, std::unique_ptr<PipeReader> err, std::vector<ino_t> pipe_inodes,
                std::unique_ptr<posix::CgroupCell> cell, UniqueFd notify_read, std::optional<std::chrono::seconds> cpu_time,
-               std::vector<std::string> limits_not_applied)
+               std::vector<std::string> limits_not_applied, bool memory_limited, std::uint64_t host_peak_kib)
       : module_(std::move(module)),
         pid_(pid),
         pidfd_(std::move(pidfd)),
@@ -622,7 +662,9 @@ class PosixProcess final : public Process {
         stderr_(std::move(err)),
         notify_read_(std::move(notify_read)),
         cpu_time_(cpu_time),
-        limits_not_applied_(std::move(limits_not_applied)) {}
+        limits_not_applied_(std::move(limits_not_applied)),
+        memory_limited_(memory_limited),
+        host_peak_kib_(host_peak_kib) {}
 
   std::vector<std::string> limits_not_applied() const override { return limits_not_applied_; }
 
@@ -631,14 +673,19 @@ class PosixProcess final : public Process {
     if (!peek_locked() || status_->kind != ExitStatus::Kind::Signaled) return std::nullopt;
     // memory.oom.group kills the whole cell with SIGKILL; an oom_kill count
     // alone could be a descendant's while the module itself exited.
-    if (status_->code == SIGKILL && cell_ && posix::read_oom_kills(cell_->directory_fd()) > 0) {
+    // Only with the module's own memory.max: the count also holds kills by a
+    // parent's limit or the global OOM killer.
+    if (status_->code == SIGKILL && memory_limited_ && cell_ && posix::read_oom_kills(cell_->directory_fd()) > 0) {
       return ExitStatus::Reason::MemoryLimit;
     }
-    if (cpu_time_) {
-      if (status_->code == SIGXCPU) return ExitStatus::Reason::CpuLimit;
+    if (cpu_time_ && own_cpu_) {
+      // RLIMIT_CPU counts the module's own time (not its children's); /proc
+      // gives it in clock ticks, hence the slack. A SIGXCPU or SIGKILL from
+      // elsewhere before the limit is not the limit.
+      const auto used = *own_cpu_ + std::chrono::milliseconds(50);
+      if (status_->code == SIGXCPU && used >= *cpu_time_) return ExitStatus::Reason::CpuLimit;
       // The hard limit's SIGKILL, a second after a SIGXCPU the module caught.
-      if (status_->code == SIGKILL && !killed_ && status_->usage &&
-          status_->usage->user_cpu + status_->usage->system_cpu >= *cpu_time_) {
+      if (status_->code == SIGKILL && !killed_ && used >= *cpu_time_ + std::chrono::seconds(1)) {
         return ExitStatus::Reason::CpuLimit;
       }
     }
@@ -780,6 +827,27 @@ class PosixProcess final : public Process {
     return static_cast<int>(result);
   }
 
+  // Fields 14 and 15 of /proc/<pid>/stat: the process's own user and system
+  // time, without its children's. Unreaped, the pid is still the module's.
+  std::optional<std::chrono::microseconds> zombie_cpu_time() const {
+    std::string stat = posix::read_text(AT_FDCWD, ("/proc/" + std::to_string(pid_) + "/stat").c_str());
+    std::size_t paren = stat.rfind(')');
+    if (paren == std::string::npos) return std::nullopt;
+    std::vector<long long> fields;
+    const char* cursor = stat.c_str() + paren + 2;
+    for (int field = 3; field <= 15 && *cursor; ++field) {
+      char* end = nullptr;
+      long long value = std::strtoll(cursor, &end, 10);
+      fields.push_back(end == cursor ? 0 : value);
+      cursor = std::strchr(cursor, ' ');
+      if (!cursor) break;
+      ++cursor;
+    }
+    long ticks = sysconf(_SC_CLK_TCK);
+    if (fields.size() < 13 || ticks <= 0) return std::nullopt;
+    return std::chrono::microseconds((fields[11] + fields[12]) * 1000000 / ticks);
+  }
+
   ResourceUsage usage_of(const struct rusage& usage) const {
     ResourceUsage result;
     auto micros = [](const timeval& time) {
@@ -787,7 +855,9 @@ class PosixProcess final : public Process {
     };
     result.user_cpu = micros(usage.ru_utime);
     result.system_cpu = micros(usage.ru_stime);
-    result.peak_memory = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
+    if (static_cast<std::uint64_t>(usage.ru_maxrss) > host_peak_kib_) {
+      result.peak_memory = static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
+    }
     if (cell_) {
       // So far: members other than the module may still be running.
       posix::CgroupUsage group = posix::read_cgroup_usage(cell_->directory_fd());
@@ -813,6 +883,7 @@ class PosixProcess final : public Process {
     if (info.si_pid == 0) return std::nullopt;  // still running (or traced and not yet released)
     status_ = decode_siginfo(info);
     status_->usage = usage_of(usage);
+    if (cpu_time_) own_cpu_ = zombie_cpu_time();
     return status_;
   }
 
@@ -830,6 +901,9 @@ class PosixProcess final : public Process {
   const UniqueFd notify_read_;  // non-blocking; read only by the exit monitor
   const std::optional<std::chrono::seconds> cpu_time_;
   const std::vector<std::string> limits_not_applied_;
+  const bool memory_limited_;         // memory.max (with memory.oom.group) was written
+  const std::uint64_t host_peak_kib_;  // the host's ru_maxrss just after the spawn
+  std::optional<std::chrono::microseconds> own_cpu_;  // of the module alone, read while it was a zombie
   bool killed_ = false;  // kill_tree was called (a SIGKILL is then ours)
 };
 
@@ -895,6 +969,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   if (request.notify) environment.push_back("MODKIT_NOTIFY_FD=3");
   auto path = resolve_binary(request, environment);
   if (!path) return std::move(path).error();
+  if (auto refused = check_parent_death(request, *path); !refused) return std::move(refused).error();
 
   std::vector<char*> argv;
   argv.reserve(request.args.size() + 2);
@@ -955,6 +1030,13 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return std::move(settled).error();
   }
   if (cell) {
+    // A child entering a frozen cgroup (its parent was frozen) stops at once,
+    // and the clone, which waits for its exec, would never return.
+    if (posix::read_text(cell->directory_fd(), "cgroup.events").find("frozen 1") != std::string::npos) {
+      return make_error(std::errc::resource_unavailable_try_again,
+                        "module '" + request.module + "': cgroup '" + cell->path() +
+                            "' is frozen (a parent of it was frozen): nothing could run in it");
+    }
     if (auto written = posix::write_cgroup_limits(cell->directory_fd(), cell->path(), limits); !written) {
       Error error = std::move(written).error();
       error.message = "module '" + request.module + "': " + error.message;
@@ -1036,6 +1118,10 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     return spawn_error(request, what, clone_error);
   }
   UniqueFd owned_pidfd(pidfd);
+  // The kernel gave the child our peak resident set at its execve
+  // (fs/exec.c, exec_mmap): only a peak above this one is its own.
+  struct rusage own_usage {};
+  getrusage(RUSAGE_SELF, &own_usage);
   if (cell) cell->close_procs();  // the child is in (or failed): the fallback's descriptor is done
 
   // 3. The child has exec'd or failed. Its ends are ours to close; an empty
@@ -1092,7 +1178,8 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   return std::unique_ptr<Process>(std::make_unique<PosixProcess>(
       request.module, pid, std::move(owned_pidfd), request.graceful_stop, std::move(stdin_pipe.write_end),
       std::move(stdout_reader), std::move(stderr_reader), std::move(pipe_inodes), std::move(cell),
-      std::move(notify.read_end), request.limits.cpu_time, std::move(planned.not_applied)));
+      std::move(notify.read_end), request.limits.cpu_time, std::move(planned.not_applied),
+      static_cast<bool>(limits.memory_max), static_cast<std::uint64_t>(own_usage.ru_maxrss)));
 }
 
 }  // namespace modkit::platform

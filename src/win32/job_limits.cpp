@@ -222,10 +222,12 @@ std::optional<ResourceUsage> read_usage(HANDLE process, HANDLE job) {
   // kernel32 exports K32GetProcessMemoryInfo since Windows 7 (psapi.dll's
   // GetProcessMemoryInfo forwards to it), so no psapi import is needed.
   // Windows keeps the counters of an ended process while a handle is open;
-  // Wine 8 often reads 0 once the process has gone (left as 0: unknown).
+  // Wine 8 often reads 0 once the process has gone: unknown, left empty.
   PROCESS_MEMORY_COUNTERS counters{};
   counters.cb = sizeof counters;
-  if (K32GetProcessMemoryInfo(process, &counters, sizeof counters)) usage.peak_memory = counters.PeakWorkingSetSize;
+  if (K32GetProcessMemoryInfo(process, &counters, sizeof counters) && counters.PeakWorkingSetSize > 0) {
+    usage.peak_memory = counters.PeakWorkingSetSize;
+  }
   if (job == nullptr) return usage;
 
   JOBOBJECT_BASIC_ACCOUNTING_INFORMATION accounting{};

@@ -105,6 +105,13 @@ class ExitLog {
     return found;
   }
 
+  /// The first status reported for any instance, waiting up to `timeout`.
+  std::optional<ExitStatus> wait_for_any(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!changed_.wait_for(lock, timeout, [&] { return !exits_.empty(); })) return std::nullopt;
+    return exits_.front().second;
+  }
+
   std::size_t count(const std::string& id) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::size_t n = 0;

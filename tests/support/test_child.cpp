@@ -298,6 +298,22 @@ int main(int argc, char** argv) {
         for (int k = 0; k < 100000; ++k) sink = sink + static_cast<unsigned long>(k);
       }
       out(1, "burnt\n");
+    } else if (command == "children-burn") {
+      // children-burn N SECONDS: N children one after the other, each burning
+      // SECONDS of CPU; waits for each (their time is in our rusage).
+      long count = number(argc, argv, ++i);
+      double seconds = std::strtod(argv[++i], nullptr);
+      for (long child = 0; child < count; ++child) {
+        pid_t pid = fork();
+        if (pid == 0) {
+          volatile unsigned long sink = 0;
+          while (static_cast<double>(std::clock()) / CLOCKS_PER_SEC < seconds) {
+            for (int k = 0; k < 100000; ++k) sink = sink + static_cast<unsigned long>(k);
+          }
+          _exit(0);
+        }
+        if (pid > 0) waitpid(pid, nullptr, 0);
+      }
     } else if (command == "fork-until-fail") {
       // fork-until-fail MAX: forks children that wait for us, until fork
       // fails or MAX; "forked K errno NAME" (or "forked K" at MAX).

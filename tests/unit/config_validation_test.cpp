@@ -125,6 +125,8 @@ TEST(ConfigValidation, LimitsNoModuleCouldRunUnderAreRefusedNamingTheField) {
       {[](OopModuleConfig& c) { c.limits.memory_max = 4096; }, "limits.memory_max"},
       {[](OopModuleConfig& c) { c.limits.memory_high = 0; }, "limits.memory_high"},
       {[](OopModuleConfig& c) { c.limits.address_space = 1000; }, "limits.address_space"},
+      {[](OopModuleConfig& c) { c.limits.address_space = 8ull << 20; }, "limits.address_space"},
+      {[](OopModuleConfig& c) { c.limits.data_size = 1ull << 20; }, "limits.data_size"},
       {[](OopModuleConfig& c) { c.limits.data_size = ~0ull; }, "limits.data_size"},
       {[](OopModuleConfig& c) { c.limits.file_size = ~0ull; }, "limits.file_size"},
       {[](OopModuleConfig& c) { c.limits.cpu_percent = 0; }, "limits.cpu_percent"},
@@ -135,6 +137,7 @@ TEST(ConfigValidation, LimitsNoModuleCouldRunUnderAreRefusedNamingTheField) {
       {[](OopModuleConfig& c) { c.limits.cpu_time = std::chrono::seconds(0); }, "limits.cpu_time"},
       {[](OopModuleConfig& c) { c.limits.cpu_time = std::chrono::seconds(-5); }, "limits.cpu_time"},
       {[](OopModuleConfig& c) { c.limits.open_files = 2; }, "limits.open_files"},
+      {[](OopModuleConfig& c) { c.limits.open_files = 7; }, "limits.open_files"},
       {[](OopModuleConfig& c) { c.limits.enforcement = static_cast<modkit::ResourceLimits::Enforcement>(7); },
        "limits.enforcement"},
       {[](OopModuleConfig& c) { c.privileges.user = 1000; }, "privileges.group"},
@@ -163,7 +166,8 @@ TEST(ConfigValidation, SensibleLimitsAndPrivilegesReachTheRequest) {
   OopModuleConfig config = good();
   config.limits.memory_max = 64ull << 20;
   config.limits.cpu_time = std::chrono::seconds(3);
-  config.limits.open_files = 3;
+  config.limits.open_files = 8;
+  config.limits.address_space = 16ull << 20;
   config.limits.core_size = 0;
   config.privileges.user = 1000;
   config.privileges.group = 1000;

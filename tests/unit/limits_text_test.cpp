@@ -33,6 +33,8 @@ TEST(LimitsText, UsageGivesSecondsAndMemoryAndTheGroupWhenKnown) {
   usage.system_cpu = 20ms;
   usage.peak_memory = 3ull << 20;
   EXPECT_EQ(modkit::core::describe_usage(usage), "used 1.500 s user, 0.020 s system, peak 3.0 MiB");
+  modkit::ResourceUsage unknown_peak;
+  EXPECT_EQ(modkit::core::describe_usage(unknown_peak), "used 0.000 s user, 0.000 s system");
   usage.group_user_cpu = 2s;
   usage.group_peak_memory = 512;
   EXPECT_EQ(modkit::core::describe_usage(usage),

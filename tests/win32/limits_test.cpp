@@ -331,14 +331,14 @@ TEST(Win32Usage, IsFilledForAnExitedChild) {
   const ResourceUsage& usage = *status->usage;
   std::printf("[   NOTE   ] usage: user %lld us, system %lld us, peak %llu bytes; group %s\n",
               static_cast<long long>(usage.user_cpu.count()), static_cast<long long>(usage.system_cpu.count()),
-              static_cast<unsigned long long>(usage.peak_memory),
+              static_cast<unsigned long long>(usage.peak_memory.value_or(0)),
               usage.group_user_cpu ? ("user " + std::to_string(usage.group_user_cpu->count()) + " us, system " +
                                       std::to_string(usage.group_system_cpu->count()) + " us, peak " +
                                       (usage.group_peak_memory ? std::to_string(*usage.group_peak_memory) : "-"))
                                          .c_str()
                                    : "none");
   EXPECT_GT((usage.user_cpu + usage.system_cpu).count(), 0) << "a child that spun 300 ms";
-  if (usage.peak_memory == 0 && wintest::under_wine()) {
+  if (!usage.peak_memory && wintest::under_wine()) {
     // Seen in about half the runs: Wine 8 has the counters only while the
     // process is still there, and it is often gone when the exit is seen.
     std::printf("[   NOTE   ] Wine reported no peak working set for the ended child\n");
@@ -366,7 +366,7 @@ TEST(Win32Usage, IsReportedThroughTheBackend) {
   ASSERT_TRUE(run.status);
   ASSERT_TRUE(run.status->usage.has_value()) << *run.status;
   EXPECT_GT((run.status->usage->user_cpu + run.status->usage->system_cpu).count(), 0);
-  if (run.status->usage->peak_memory == 0 && wintest::under_wine()) {
+  if (!run.status->usage->peak_memory && wintest::under_wine()) {
     std::printf("[   NOTE   ] Wine reported no peak working set for the ended child\n");
   } else {
     EXPECT_GT(run.status->usage->peak_memory, 0u);
