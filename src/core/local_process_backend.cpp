@@ -64,6 +64,7 @@ struct Instance {
   std::unique_ptr<platform::Process> process;
   InstanceLifecycle lifecycle;
   InstanceEvents events;                              // start_instance's; set before anything can fire
+  bool bounded = false;  // started with limits or privileges: its usage gets a record of its own
   std::unique_ptr<core::ReadinessTracker> readiness;  // none: ready at once
   // STATUS= notices queued for the supervisor, and those dropped because too
   // many were queued (a module flooding its descriptor must not grow the host).
@@ -487,6 +488,7 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
   }
   if (std::string limits = core::describe_limits(config.limits, config.privileges); !limits.empty()) {
     text += " (" + limits + ")";
+    instance->bounded = true;
   }
   queue_record(instance, LogLevel::Info, std::move(text));
   // BestEffort: the host hears of each limit that could not be applied.
@@ -863,7 +865,11 @@ void LocalProcessBackend::Impl::report_exit(const InstancePtr& instance) {
   std::string text = describe(status);
   if (status.reason != ExitStatus::Reason::Exited) text += " [" + std::string(to_string(status.reason)) + "]";
   // Its own record, just before the exit's, whose words hosts match.
-  if (status.usage) log_event(instance.get(), LogLevel::Info, core::describe_usage(*status.usage));
+  // Only for a module the host bounded (every status carries the usage): a
+  // record more per exit costs every spawn a sink call.
+  if (status.usage && instance->bounded) {
+    log_event(instance.get(), LogLevel::Info, core::describe_usage(*status.usage));
+  }
   log_event(instance.get(), level, text);
   {
     // Decided under the lock that the destructor sets torn_down_ with: no

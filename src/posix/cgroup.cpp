@@ -133,17 +133,27 @@ int CgroupCell::procs_fd() {
 
 CgroupCell::~CgroupCell() { remove(); }
 
-bool CgroupCell::populated() const {
+namespace {
+
+// "<key> 1" in cgroup.events, read through the cell's open descriptor (no
+// new descriptor, and the cheapest read there is).
+bool event_set(int events_fd, const char* key) {
   char buffer[256];
   ssize_t got;
   do {
-    got = pread(events_.get(), buffer, sizeof buffer - 1, 0);
+    got = pread(events_fd, buffer, sizeof buffer - 1, 0);
   } while (got < 0 && errno == EINTR);
   if (got <= 0) return false;
   buffer[got] = '\0';
-  const char* field = std::strstr(buffer, "populated ");
-  return field != nullptr && field[10] == '1';
+  const char* field = std::strstr(buffer, key);
+  return field != nullptr && field[std::strlen(key)] == '1';
 }
+
+}  // namespace
+
+bool CgroupCell::populated() const { return event_set(events_.get(), "populated "); }
+
+bool CgroupCell::frozen() const { return event_set(events_.get(), "frozen "); }
 
 std::vector<pid_t> CgroupCell::members() const { return all_pids(directory_.get()); }
 

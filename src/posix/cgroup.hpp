@@ -42,6 +42,8 @@ class CgroupCell {
   /// True while a live (not zombie) process is in the cgroup. A cgroup that
   /// can no longer be read counts as empty.
   bool populated() const;
+  /// True when cgroup.events says "frozen 1" (a parent was frozen).
+  bool frozen() const;
   /// How many processes are in it now.
   std::int64_t count() const;
   /// Sends each of `signal_numbers`, in order, to every member but those of

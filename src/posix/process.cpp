@@ -1032,7 +1032,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   if (cell) {
     // A child entering a frozen cgroup (its parent was frozen) stops at once,
     // and the clone, which waits for its exec, would never return.
-    if (posix::read_text(cell->directory_fd(), "cgroup.events").find("frozen 1") != std::string::npos) {
+    if (cell->frozen()) {
       return make_error(std::errc::resource_unavailable_try_again,
                         "module '" + request.module + "': cgroup '" + cell->path() +
                             "' is frozen (a parent of it was frozen): nothing could run in it");
