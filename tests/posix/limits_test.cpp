@@ -55,6 +55,45 @@ Ended run_with_log(const OopModuleConfig& config) {
 
 std::string first_line(const std::vector<std::string>& lines) { return lines.empty() ? "" : lines[0]; }
 
+// A copy of the test child that another user can run: the build directory
+// may sit below one only root may enter (CI's clean clone is in a 0700
+// mktemp directory). `mode` 04755 makes it setuid (to its owner, root).
+class ChildCopy {
+ public:
+  explicit ChildCopy(mode_t mode = 0755) {
+    char directory[] = "/tmp/modkit-copy-XXXXXX";
+    if (!mkdtemp(directory)) return;
+    directory_ = directory;
+    path_ = directory_ + "/test_child";
+    std::ifstream in(test_child_path(), std::ios::binary);
+    std::ofstream out(path_, std::ios::binary);
+    out << in.rdbuf();
+    out.close();
+    ok_ = in && out && chmod(directory, 0755) == 0 && chown(path_.c_str(), 0, 0) == 0 && chmod(path_.c_str(), mode) == 0;
+  }
+  ~ChildCopy() {
+    if (!path_.empty()) unlink(path_.c_str());
+    if (!directory_.empty()) rmdir(directory_.c_str());
+  }
+  ChildCopy(const ChildCopy&) = delete;
+  ChildCopy& operator=(const ChildCopy&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string directory_, path_;
+  bool ok_ = false;
+};
+
+// The test child, runnable as kUser.
+OopModuleConfig as_other_user(const ChildCopy& copy, const std::string& name, std::vector<std::string> args) {
+  OopModuleConfig config = child_config(name, std::move(args));
+  config.binary = copy.path();
+  config.privileges.user = kUser;
+  config.privileges.group = kGroup;
+  return config;
+}
+
 TEST(Limits, AnAllocationPastTheAddressSpaceFailsAndTheModuleExitsWithItsOwnCode) {
   OopModuleConfig config = child_config("hog", {"alloc-mb", "1024"});
   config.limits.address_space = 256ull << 20;
@@ -123,10 +162,10 @@ TEST(Limits, OpenFilesPastTheLimitGiveEmfile) {
 
 TEST(Limits, UserProcessesPastTheLimitGiveEagain) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root: RLIMIT_NPROC binds no root process, so the module runs as uid " << kUser;
-  OopModuleConfig config = child_config("forker", {"fork-until-fail", "64"});
+  ChildCopy copy;
+  ASSERT_TRUE(copy.ok());
+  OopModuleConfig config = as_other_user(copy, "forker", {"fork-until-fail", "64"});
   config.limits.user_processes = 4;
-  config.privileges.user = kUser;
-  config.privileges.group = kGroup;
   auto ended = run_with_log(config);
   ASSERT_TRUE(ended.status);
   std::string line = first_line(ended.run.out);
@@ -347,9 +386,9 @@ TEST(Limits, AnRlimitAboveTheHostsHardLimitIsAnErrorNamingTheField) {
 
 TEST(Privileges, TheModuleRunsWithTheIdentityItWasGiven) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to change identity";
-  OopModuleConfig config = child_config("who", {"ids"});
-  config.privileges.user = kUser;
-  config.privileges.group = kGroup;
+  ChildCopy copy;
+  ASSERT_TRUE(copy.ok());
+  OopModuleConfig config = as_other_user(copy, "who", {"ids"});
   config.privileges.supplementary_groups = std::vector<std::uint32_t>{54323, 54324};
   config.privileges.no_new_privileges = true;
   config.privileges.umask = 027;
@@ -363,9 +402,9 @@ TEST(Privileges, ANewIdentityDropsTheHostsSupplementaryGroups) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to change identity";
   gid_t extra = 54329;
   ASSERT_EQ(setgroups(1, &extra), 0);  // so the host has one to drop
-  OopModuleConfig config = child_config("who", {"ids"});
-  config.privileges.user = kUser;
-  config.privileges.group = kGroup;
+  ChildCopy copy;
+  ASSERT_TRUE(copy.ok());
+  OopModuleConfig config = as_other_user(copy, "who", {"ids"});
   auto ended = run_with_log(config);
   setgroups(0, nullptr);
   ASSERT_TRUE(ended.status);
@@ -380,39 +419,12 @@ TEST(Privileges, WithoutOptionsTheModuleKeepsTheHostsIdentity) {
   EXPECT_EQ(first_line(ended.run.out).rfind(expected, 0), 0u) << first_line(ended.run.out);
 }
 
-// A setuid-root copy of the test child, in a directory of its own.
-class SetuidCopy {
- public:
-  SetuidCopy() {
-    char directory[] = "/tmp/modkit-nnp-XXXXXX";
-    if (!mkdtemp(directory)) return;
-    directory_ = directory;
-    path_ = directory_ + "/test_child_setuid";
-    std::ifstream in(test_child_path(), std::ios::binary);
-    std::ofstream out(path_, std::ios::binary);
-    out << in.rdbuf();
-    out.close();
-    ok_ = in && out && chmod(directory, 0755) == 0 && chown(path_.c_str(), 0, 0) == 0 &&
-          chmod(path_.c_str(), 04755) == 0;
-  }
-  ~SetuidCopy() {
-    if (!path_.empty()) unlink(path_.c_str());
-    if (!directory_.empty()) rmdir(directory_.c_str());
-  }
-  bool ok() const { return ok_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string directory_, path_;
-  bool ok_ = false;
-};
-
 TEST(Privileges, ASetuidRootProgramGainsNothingUnderNoNewPrivileges) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root: makes a setuid-root program";
   struct statvfs tmp_fs {};
   ASSERT_EQ(statvfs("/tmp", &tmp_fs), 0);
   if (tmp_fs.f_flag & ST_NOSUID) GTEST_SKIP() << "/tmp is mounted nosuid: a setuid program cannot work there";
-  SetuidCopy copy;
+  ChildCopy copy(04755);
   ASSERT_TRUE(copy.ok()) << "cannot prepare " << copy.path();
   OopModuleConfig config = child_config("setuid", {"euid"});
   config.binary = copy.path();
