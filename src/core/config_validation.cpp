@@ -46,7 +46,7 @@ std::optional<Error> check_limits(const OopModuleConfig& config) {
     return invalid(config, "limits.max_processes must be 1 to 4194304");
   }
   if (limits.user_processes && (*limits.user_processes < 1 || *limits.user_processes > kLargest)) {
-    return invalid(config, "limits.user_processes must be at least 1");
+    return invalid(config, "limits.user_processes must be 1 to 2^62");
   }
   if (limits.cpu_time && (limits.cpu_time->count() < 1 || limits.cpu_time->count() > 100LL * 365 * 24 * 3600)) {
     return invalid(config, "limits.cpu_time must be at least one second (and at most a century)");

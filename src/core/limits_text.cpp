@@ -60,6 +60,27 @@ std::string describe_limits(const ResourceLimits& limits, const Privileges& priv
   return text;
 }
 
+ResourceLimits without(ResourceLimits limits, const std::vector<std::string>& skipped) {
+  for (const auto& entry : skipped) {
+    auto is = [&](const char* field) {
+      std::size_t length = std::char_traits<char>::length(field);
+      return entry.compare(0, length, field) == 0 && (entry.size() == length || entry[length] == ' ');
+    };
+    if (is("limits.memory_max")) limits.memory_max.reset();
+    if (is("limits.memory_high")) limits.memory_high.reset();
+    if (is("limits.cpu_percent")) limits.cpu_percent.reset();
+    if (is("limits.max_processes")) limits.max_processes.reset();
+    if (is("limits.address_space")) limits.address_space.reset();
+    if (is("limits.data_size")) limits.data_size.reset();
+    if (is("limits.cpu_time")) limits.cpu_time.reset();
+    if (is("limits.open_files")) limits.open_files.reset();
+    if (is("limits.file_size")) limits.file_size.reset();
+    if (is("limits.core_size")) limits.core_size.reset();
+    if (is("limits.user_processes")) limits.user_processes.reset();
+  }
+  return limits;
+}
+
 std::string describe_usage(const ResourceUsage& usage) {
   std::string text = "used " + seconds(usage.user_cpu) + " user, " + seconds(usage.system_cpu) + " system";
   if (usage.peak_memory) text += ", peak " + bytes(*usage.peak_memory);

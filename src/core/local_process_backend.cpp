@@ -486,13 +486,16 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
   } else {
     text += " (" + std::to_string(request->args.size()) + " argument(s))";
   }
-  if (std::string limits = core::describe_limits(config.limits, config.privileges); !limits.empty()) {
+  // What it runs under: BestEffort's skipped limits are not named here but
+  // in a warning of their own.
+  const auto skipped = instance->process->limits_not_applied();
+  if (std::string limits = core::describe_limits(core::without(config.limits, skipped), config.privileges);
+      !limits.empty()) {
     text += " (" + limits + ")";
-    instance->bounded = true;
   }
+  instance->bounded = !core::describe_limits(config.limits, config.privileges).empty();
   queue_record(instance, LogLevel::Info, std::move(text));
-  // BestEffort: the host hears of each limit that could not be applied.
-  if (auto skipped = instance->process->limits_not_applied(); !skipped.empty()) {
+  if (!skipped.empty()) {
     std::string warning = "not enforced (limits.enforcement is BestEffort): ";
     for (std::size_t i = 0; i < skipped.size(); ++i) warning += (i ? "; " : "") + skipped[i];
     queue_record(instance, LogLevel::Warn, std::move(warning));

@@ -529,7 +529,14 @@ void plan_rlimits(const ResourceLimits& limits, ChildPlan& plan, PlannedLimits& 
   if (limits.data_size) add("limits.data_size", RLIMIT_DATA, *limits.data_size, *limits.data_size);
   if (limits.cpu_time) {
     auto seconds = static_cast<std::uint64_t>(limits.cpu_time->count());
-    add("limits.cpu_time", RLIMIT_CPU, seconds, seconds + 1);
+    // The grace second only where the host's own hard limit leaves room for
+    // it: a cpu_time equal to that limit is within it, and is honoured.
+    struct rlimit own {};
+    std::uint64_t hard = seconds + 1;
+    if (getrlimit(RLIMIT_CPU, &own) == 0 && own.rlim_max != RLIM_INFINITY && hard > own.rlim_max && seconds <= own.rlim_max) {
+      hard = seconds;
+    }
+    add("limits.cpu_time", RLIMIT_CPU, seconds, hard);
   }
   if (limits.open_files) add("limits.open_files", RLIMIT_NOFILE, *limits.open_files, *limits.open_files);
   if (limits.file_size) add("limits.file_size", RLIMIT_FSIZE, *limits.file_size, *limits.file_size);

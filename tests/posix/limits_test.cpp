@@ -334,6 +334,9 @@ TEST(Limits, BestEffortGroupLimitWithoutACgroupRunsAndWarnsNamingTheField) {
     }
   }
   EXPECT_TRUE(warned);
+  // The spawn record names what it runs under, not what was skipped.
+  auto events = library_events(*f.sink, run.handle.instance_id);
+  EXPECT_TRUE(contains(events, "(limits: open_files 16)")) << (events.empty() ? "" : events[0]);
 }
 
 // Runs `scenario` in a forked copy of this process that gave up root (uid
@@ -382,6 +385,24 @@ TEST(Limits, AnRlimitAboveTheHostsHardLimitIsAnErrorNamingTheField) {
   });
   ASSERT_EQ(verdict.rfind("EPERM ", 0), 0u) << verdict;
   EXPECT_NE(verdict.find("limits.open_files above the host's own hard limit"), std::string::npos) << verdict;
+}
+
+TEST(Limits, ACpuTimeEqualToTheHostsHardLimitIsHonouredWithoutTheGraceSecond) {
+  // Found by a black-box review: the grace second (hard = soft + 1) went
+  // above the host's hard limit and the spawn failed.
+  std::string verdict = run_as_unprivileged_host([] {
+    struct rlimit own {5, 5};
+    if (setrlimit(RLIMIT_CPU, &own) != 0) return std::string("cannot lower the host's limit");
+    ExitLog log;
+    Fixture f(options_with(log));
+    OopModuleConfig config("cpu", BackendKind::LocalProcess);
+    config.binary = "/bin/sh";
+    config.args = {"-c", "echo $(ulimit -St) $(ulimit -Ht)"};
+    config.limits.cpu_time = std::chrono::seconds(5);
+    auto run = run_to_end(f, config);
+    return run.ok ? first_line(run.out) : std::string("spawn failed");
+  });
+  EXPECT_EQ(verdict, "5 5");
 }
 
 TEST(Privileges, TheModuleRunsWithTheIdentityItWasGiven) {

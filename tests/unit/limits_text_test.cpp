@@ -27,6 +27,17 @@ TEST(LimitsText, LimitsAndIdentityAreNamedAsTheFieldsAre) {
             "65534, gid 65534, no_new_privileges, umask 027");
 }
 
+TEST(LimitsText, WithoutDropsExactlyTheSkippedFields) {
+  modkit::ResourceLimits limits;
+  limits.memory_max = 64ull << 20;
+  limits.memory_high = 32ull << 20;
+  limits.open_files = 64;
+  auto left = modkit::core::without(limits, {"limits.memory_max (no memory controller)", "limits.cpu_percent"});
+  EXPECT_FALSE(left.memory_max);
+  EXPECT_EQ(left.memory_high, limits.memory_high);  // a prefix of another name is not it
+  EXPECT_EQ(left.open_files, limits.open_files);
+}
+
 TEST(LimitsText, UsageGivesSecondsAndMemoryAndTheGroupWhenKnown) {
   modkit::ResourceUsage usage;
   usage.user_cpu = 1500ms;
