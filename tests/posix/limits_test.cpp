@@ -535,15 +535,24 @@ TEST(Privileges, DieWithHostIsRefusedForASetuidProgramUnlessNoNewPrivileges) {
   EXPECT_TRUE(allowed) << allowed.error();
 }
 
-TEST(Privileges, AModuleThatDiesWithTheHostEndsWithin100msOfASigkillToTheHost) {
+// Spawns the module from a forked host, SIGKILLs and reaps the host; a
+// pidfd of the module (-1 on failure, reported).
+int module_of_killed_host(bool die_with_host) {
   pid_t module = 0;
-  pid_t host = spawn_in_forked_host(true, module);
-  ASSERT_GT(host, 0);
-  ASSERT_GT(module, 0);
+  pid_t host = spawn_in_forked_host(die_with_host, module);
+  EXPECT_GT(host, 0);
+  EXPECT_GT(module, 0);
+  if (host <= 0 || module <= 0) return -1;
   int pidfd = pidfd_of(module);
-  ASSERT_GE(pidfd, 0);
+  EXPECT_GE(pidfd, 0);
   kill(host, SIGKILL);
   waitpid(host, nullptr, 0);
+  return pidfd;
+}
+
+TEST(Privileges, AModuleThatDiesWithTheHostEndsWithin100msOfASigkillToTheHost) {
+  int pidfd = module_of_killed_host(true);
+  ASSERT_GE(pidfd, 0);
   bool ended = ends_within(pidfd, 100ms);
   if (!ended) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
   close(pidfd);
@@ -552,14 +561,8 @@ TEST(Privileges, AModuleThatDiesWithTheHostEndsWithin100msOfASigkillToTheHost) {
 
 TEST(Privileges, WithoutDieWithHostTheModuleOutlivesItsHost) {
   // The control for the test above: the same scenario without the option.
-  pid_t module = 0;
-  pid_t host = spawn_in_forked_host(false, module);
-  ASSERT_GT(host, 0);
-  ASSERT_GT(module, 0);
-  int pidfd = pidfd_of(module);
+  int pidfd = module_of_killed_host(false);
   ASSERT_GE(pidfd, 0);
-  kill(host, SIGKILL);
-  waitpid(host, nullptr, 0);
   EXPECT_FALSE(ends_within(pidfd, 300ms));
   syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
   ends_within(pidfd, 2000ms);
