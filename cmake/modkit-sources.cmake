@@ -11,6 +11,7 @@ set(MODKIT_CORE_SOURCES
   src/core/log_sinks.cpp
   src/core/readiness_tracker.cpp
   src/core/spawn_thread.cpp
+  src/core/thread_pool.cpp
   src/core/result.cpp
   src/core/types.cpp
   src/core/utf8.cpp

@@ -453,7 +453,8 @@ struct LogRecord {
 
 /// Receives every line of every child and modkit's own events. Called
 /// concurrently from several threads (one reader thread per stream per
-/// instance for lines, the backend's supervisor thread for its own records);
+/// instance for lines and for the records of its spawn and exit, the
+/// backend's supervisor thread for its other records);
 /// never called while modkit holds a lock of its own, and never after the
 /// backend's destructor has returned. The record's
 /// views are valid only during the call. An exception thrown by write() (in a
@@ -612,9 +613,19 @@ struct LocalProcessOptions {
   std::size_t max_line_bytes = 16 * 1024;
   /// Stack size of each reader thread.
   std::size_t reader_stack_bytes = 256 * 1024;
-  /// Called once for each instance that ends, on a modkit thread, with no lock
-  /// held: it may call spawn_instance, stop_instance, list_instances, even
-  /// destroy the backend. An exception it throws is caught and logged.
+  /// Reader threads are kept when their instance ends and handed to the next
+  /// instance, so that a spawn in steady state starts no thread. At most this
+  /// many wait idle (each holds its stack: reader_stack_bytes of address
+  /// space, a few KiB resident); 0 starts two threads per instance, as modkit
+  /// did before. Each instance uses two while it lives.
+  std::size_t idle_readers = 16;
+  /// An idle reader thread that no instance took for this long ends.
+  std::chrono::milliseconds idle_reader_timeout{10000};
+  /// Called once for each instance that ends, on a modkit thread (usually
+  /// one of the instance's readers, else the backend's supervisor; calls for
+  /// different instances may run at once), with no lock held: it may call
+  /// spawn_instance, stop_instance, list_instances, even destroy the backend.
+  /// An exception it throws is caught and logged.
   std::function<void(const InstanceHandle&, const ExitStatus&)> on_exit;
   /// Library records name the binary and the number of arguments; true adds
   /// every argument's value (which may carry secrets such as passwords).

@@ -108,6 +108,11 @@ class InstanceLifecycle {
   std::optional<ExitStatus> status() const;
   std::optional<Error> stop_error() const;
   bool stop_requested() const;
+  /// Both output streams reached their end (or were given up on).
+  bool streams_closed() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return streams_closed_locked();
+  }
 
  private:
   void kill_locked(Clock::time_point now, std::string why, LifecycleEffects& effects);

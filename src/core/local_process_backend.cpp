@@ -2,13 +2,22 @@
 // InstanceLifecycle (core/instance_lifecycle.hpp).
 //
 // Threads, all started through platform/thread.hpp with every signal blocked:
-// per instance, one reader per output stream; per backend, the exit monitor
-// (platform/exit_monitor.hpp) and one supervisor that reports exits, acts on
-// drain deadlines nobody else is waiting for, joins finished readers and
+// per instance, one reader per output stream while it lives, taken from the
+// backend's pool (core/thread_pool.hpp); per backend, the exit monitor
+// (platform/exit_monitor.hpp) and one supervisor that delivers library
+// records from threads that may not call the sink, reports the exits nobody
+// else reported, acts on drain deadlines nobody else is waiting for, and
 // starts the shutdown when the token is cancelled. Every thread holds a
 // shared_ptr to the Impl and to its instance, so a thread that must be
 // abandoned (stuck in a host callback) or that destroys the backend from a
 // callback never touches freed memory.
+//
+// The exit path (issue 12): a child's output ends as it exits, so its last
+// reader waits a moment for the exit, acts on it and reports it itself (sink
+// and on_exit), and a stop_instance of one instance waits on the process
+// itself. The monitor's hand-off through the supervisor remains for the rest:
+// an exit while a reader is stuck in the sink, modules with readiness, an
+// exit seen before the instance was watched, hosts without pidfds.
 //
 // Whoever waits for a stop drives it: stop_instance, wait_for_shutdown, the
 // destructor and the supervisor all call tick() on the lifecycles they wait
@@ -16,7 +25,7 @@
 //
 // Lock order (never held while the sink or on_exit runs):
 //   instances_mutex_ (the live map)  ->  state_mutex_ (queues, flags, wake-ups)
-//   ->  an InstanceLifecycle's own lock.
+//   ->  an InstanceLifecycle's own lock. The reader pool's lock is a leaf.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -31,6 +40,7 @@
 #include "core/line_splitter.hpp"
 #include "core/readiness_tracker.hpp"
 #include "core/spawn_thread.hpp"
+#include "core/thread_pool.hpp"
 #include "core/platform_services.hpp"
 #include "core/utf8.hpp"
 #include "modkit/modkit.hpp"
@@ -52,6 +62,10 @@ constexpr std::size_t kReadChunkBytes = 64 * 1024;
 constexpr std::size_t kSupervisorStackBytes = 256 * 1024;
 // Scheduling slack on top of the documented bounds.
 constexpr std::chrono::milliseconds kBoundSlack{250};
+// How long the last reader waits for the exit once the output has ended.
+// Nearly always it is a matter of microseconds; a module that closed its
+// output and runs on costs a pooled thread this long once.
+constexpr std::chrono::milliseconds kExitAfterOutputWait{1000};
 // STATUS= notices of one instance waiting for the sink at most; more are
 // counted and dropped (see Instance::queued_statuses).
 constexpr int kMaxQueuedStatuses = 64;
@@ -74,14 +88,45 @@ struct Instance {
   // (a stop that comes after the child exited by itself does not rename it).
   std::atomic<int> end_reason{-1};
   std::unique_ptr<platform::PipeReader> pipes[2];  // stdout, stderr
-  std::unique_ptr<platform::Thread> readers[2];
   std::atomic<int> readers_running{0};
+  // The spawn record (and BestEffort's warning): the stdout reader logs them
+  // before it reads, so they come before the module's first line and no
+  // other thread has to wake for them.
+  std::vector<LifecycleEffects::Record> opening_records;
+  // Whoever sees the exit first acts on it (the monitor, the last reader,
+  // or a stop waiting on the process itself); the others do nothing.
+  std::atomic<bool> exit_claimed{false};
+  // Registered and watched: before that only the monitor may act on the exit
+  // (a reader that did would finish an instance spawn has yet to list, and
+  // the monitor would then watch a process that may be gone).
+  std::atomic<bool> watched{false};
+  // Readers past the end of their stream, and what the monitor saw while one
+  // was (the exit, the group emptying), left to it: the same event wakes
+  // both, and the reader, free to run host code, reports the exit at once.
+  // Exactly one of them acts on each: see defer_to_reader().
+  std::atomic<int> readers_in_tail{0};
+  enum Deferred { kExitDeferred = 1, kContentsDeferred = 2 };
+  std::atomic<int> deferred{0};
+  // Library records of this instance queued for the supervisor (under the
+  // backend's state_mutex_): its exit is reported where it is seen only
+  // when none is left, so the report never overtakes them.
+  int queued_records = 0;
   // Under the backend's state_mutex_:
   bool reported = false;   // exit reported (or abandoned: nothing to report)
   bool abandoned = false;
 };
 
 using InstancePtr = std::shared_ptr<Instance>;
+
+// For the monitor: true when a reader past its stream will act on `what`
+// (it looks at `deferred` after leaving its tail). The bit is set before
+// looking again, so that exactly one of the two acts on it.
+bool defer_to_reader(Instance& instance, int what) {
+  if (instance.readers_in_tail.load() == 0) return false;
+  instance.deferred.fetch_or(what);
+  if (instance.readers_in_tail.load() > 0) return true;
+  return (instance.deferred.fetch_and(~what) & what) == 0;  // cleared: a reader took it
+}
 
 void mark_end(Instance& instance, ExitStatus::Reason reason) {
   int unknown = -1;
@@ -138,6 +183,9 @@ thread_local bool tls_on_supervisor = false;
 // The instance whose counted library record this thread is handing to the
 // sink: a stop called from that sink call must not wait for that record.
 thread_local const Instance* tls_delivering_for = nullptr;
+// The instance whose exit this thread may report itself: set by a reader
+// past the end of its stream (free, and allowed to run host code).
+thread_local const Instance* tls_may_report = nullptr;
 
 }  // namespace
 
@@ -150,6 +198,11 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
     options_.max_line_bytes = std::min<std::size_t>(options_.max_line_bytes, std::size_t{1} << 30);
     timings_.drain_timeout = options_.drain_timeout;
     timings_.kill_timeout = options_.kill_timeout;
+    core::ThreadPoolOptions pool;
+    pool.stack_bytes = options_.reader_stack_bytes;
+    pool.max_idle = options_.idle_readers;
+    pool.idle_timeout = std::max(options_.idle_reader_timeout, std::chrono::milliseconds(0));
+    reader_pool_ = std::make_unique<core::ThreadPool>(services_.start_thread, pool, "a reader");
   }
 
   Result<void> start();
@@ -175,7 +228,8 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void deliver(const LogRecord& record);
-  void apply(const InstancePtr& instance, LifecycleEffects effects);
+  void apply(const InstancePtr& instance, LifecycleEffects effects, bool may_report_here = true);
+  void exit_seen(const InstancePtr& instance);
   void apply_readiness(const InstancePtr& instance, core::ReadinessTracker::Effects effects);
   Result<InstanceHandle> wait_until_ready(const InstancePtr& instance);
   void queue_record(const InstancePtr& instance, LogLevel level, std::string text);
@@ -204,6 +258,7 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
 
   core::PlatformServices services_;
   core::SpawnThread spawn_thread_{services_};  // for Privileges::die_with_host
+  std::unique_ptr<core::ThreadPool> reader_pool_;
   CancellationToken token_;
   std::shared_ptr<LogSink> sink_;
   LocalProcessOptions options_;
@@ -241,6 +296,11 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
     enum class Kind { Record, Ready, Status } kind = Kind::Record;
   };
   void deliver_pending(PendingRecord& pending);
+  void deliver_one(PendingRecord& pending);
+  void push_pending_locked(PendingRecord pending) {
+    if (pending.instance) ++pending.instance->queued_records;
+    pending_records_.push_back(std::move(pending));
+  }
   std::deque<PendingRecord> pending_records_;  // from threads that must not call the sink
   bool cancel_seen_ = false;
   Clock::time_point shutdown_deadline_{};
@@ -282,7 +342,7 @@ void LocalProcessBackend::Impl::log_event(const Instance* instance, LogLevel lev
 // a thread that waits against a bound (stop_instance, the destructor) or a
 // host thread (spawn_instance) never blocks in a sink. Lines go from the
 // readers. Until the supervisor runs, records are logged where they arise.
-void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffects effects) {
+void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffects effects, bool may_report_here) {
   if (effects.interrupt_readers) {
     for (auto& pipe : instance->pipes) {
       if (pipe) pipe->interrupt();
@@ -296,21 +356,55 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
     monitor_->unwatch(*instance->process);
   }
   if (!effects.changed) return;
-  std::lock_guard<std::mutex> lock(state_mutex_);
-  if (effects.finished) reports_.push_back(instance);
-  for (auto& record : effects.records) pending_records_.push_back({instance, std::move(record)});
-  if (effects.settled_changed || effects.new_deadline) {
-    ++generation_;
-    state_changed_.notify_all();
+  bool report_here = false;
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    if (effects.finished) {
+      // Reported on this thread, saving the supervisor's wake-up, when it is
+      // a reader past its stream and nothing of the instance is still queued
+      // for the supervisor (the report must not overtake it).
+      report_here = may_report_here && tls_may_report == instance.get() && supervisor_running_ && !destroying_ &&
+                    instance->queued_records == 0 && effects.records.empty();
+          if (report_here) {
+        instance->reported = true;
+      } else {
+        reports_.push_back(instance);
+      }
+    }
+    for (auto& record : effects.records) push_pending_locked({instance, std::move(record)});
+    if (effects.settled_changed || effects.new_deadline) {
+      ++generation_;
+      state_changed_.notify_all();
+    }
+    if ((effects.finished && !report_here) || !effects.records.empty() || effects.new_deadline) {
+      wake_supervisor_locked();
+    }
   }
-  if (effects.finished || !effects.records.empty() || effects.new_deadline) wake_supervisor_locked();
+  if (report_here) report_exit(instance);
+}
+
+// Acts on the child's exit, once, whichever thread saw it first.
+void LocalProcessBackend::Impl::exit_seen(const InstancePtr& instance) {
+  if (instance->exit_claimed.exchange(true)) return;
+  Clock::time_point now = Clock::now();
+  // The monitor delivered the notifications written before the exit.
+  // A limit that ended it is the cause, also of a readiness failure.
+  if (auto limit = instance->process->limit_end()) mark_end(*instance, *limit);
+  core::ReadinessTracker::Effects ready;
+  if (instance->readiness) ready = instance->readiness->exited(now);
+  mark_end(*instance, ready.failed ? *ready.failed : ExitStatus::Reason::Exited);
+  // The readiness records go through the supervisor's queue just after:
+  // the exit report must not overtake them.
+  const bool quiet = !ready.failed && ready.notices.empty();
+  apply(instance, instance->lifecycle.exit_signalled(now), quiet);
+  apply_readiness(instance, std::move(ready));
 }
 
 void LocalProcessBackend::Impl::queue_record(const InstancePtr& instance, LogLevel level, std::string text) {
   {
     std::lock_guard<std::mutex> lock(state_mutex_);
     if (supervisor_running_) {
-      pending_records_.push_back({instance, {level, std::move(text)}, false});
+      push_pending_locked({instance, {level, std::move(text)}, false});
       wake_supervisor_locked();
       return;
     }
@@ -349,7 +443,7 @@ void LocalProcessBackend::Impl::apply_readiness(const InstancePtr& instance, cor
     std::lock_guard<std::mutex> lock(state_mutex_);
     // Without the supervisor (teardown) there is nobody to deliver them.
     if (supervisor_running_) {
-      for (auto& event : events) pending_records_.push_back(std::move(event));
+      for (auto& event : events) push_pending_locked(std::move(event));
       wake_supervisor_locked();  // also: it times the readiness, and the deadline came nearer
     }
     ++generation_;  // spawn_instance may be waiting for the readiness
@@ -452,6 +546,29 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
   instance->handle.pid = instance->process->pid();
   instance->handle.created_at = Clock::now();
 
+  // Logged by the stdout reader before it reads: before the module's first
+  // line, and before the exit report (which waits for that reader's end).
+  std::string text = "spawned pid " + std::to_string(instance->process->pid()) + ": " + request->binary;
+  if (options_.log_arguments) {
+    for (const auto& arg : request->args) text += ' ' + arg;
+  } else {
+    text += " (" + std::to_string(request->args.size()) + " argument(s))";
+  }
+  // What it runs under: BestEffort's skipped limits are not named here but
+  // in a warning of their own.
+  const auto skipped = instance->process->limits_not_applied();
+  if (std::string limits = core::describe_limits(core::without(config.limits, skipped), config.privileges);
+      !limits.empty()) {
+    text += " (" + limits + ")";
+  }
+  instance->bounded = !core::describe_limits(config.limits, config.privileges).empty();
+  instance->opening_records.push_back({LogLevel::Info, std::move(text)});
+  if (!skipped.empty()) {
+    std::string warning = "not enforced (limits.enforcement is BestEffort): ";
+    for (std::size_t i = 0; i < skipped.size(); ++i) warning += (i ? "; " : "") + skipped[i];
+    instance->opening_records.push_back({LogLevel::Warn, std::move(warning)});
+  }
+
   // Readers first: until they run, nobody else knows the instance, so a
   // failure here leaves nothing behind (no listing, no on_exit).
   auto readers = start_readers(instance);
@@ -478,28 +595,6 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
     abandon_unregistered(instance);
     return cancelled_error(config.name);
   }
-  // Queued before the exit can be seen, so that the exit report (queued by
-  // whoever sees it) never comes before it.
-  std::string text = "spawned pid " + std::to_string(instance->process->pid()) + ": " + request->binary;
-  if (options_.log_arguments) {
-    for (const auto& arg : request->args) text += ' ' + arg;
-  } else {
-    text += " (" + std::to_string(request->args.size()) + " argument(s))";
-  }
-  // What it runs under: BestEffort's skipped limits are not named here but
-  // in a warning of their own.
-  const auto skipped = instance->process->limits_not_applied();
-  if (std::string limits = core::describe_limits(core::without(config.limits, skipped), config.privileges);
-      !limits.empty()) {
-    text += " (" + limits + ")";
-  }
-  instance->bounded = !core::describe_limits(config.limits, config.privileges).empty();
-  queue_record(instance, LogLevel::Info, std::move(text));
-  if (!skipped.empty()) {
-    std::string warning = "not enforced (limits.enforcement is BestEffort): ";
-    for (std::size_t i = 0; i < skipped.size(); ++i) warning += (i ? "; " : "") + skipped[i];
-    queue_record(instance, LogLevel::Warn, std::move(warning));
-  }
 
   std::weak_ptr<Instance> weak_instance = instance;
   std::weak_ptr<Impl> weak_self = shared_from_this();
@@ -508,21 +603,14 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
       [weak_self, weak_instance] {
         auto self = weak_self.lock();
         auto alive = weak_instance.lock();
-        if (!self || !alive) return;
-        Clock::time_point now = Clock::now();
-        // The monitor delivered the notifications written before the exit.
-        // A limit that ended it is the cause, also of a readiness failure.
-        if (auto limit = alive->process->limit_end()) mark_end(*alive, *limit);
-        core::ReadinessTracker::Effects ready;
-        if (alive->readiness) ready = alive->readiness->exited(now);
-        mark_end(*alive, ready.failed ? *ready.failed : ExitStatus::Reason::Exited);
-        self->apply(alive, alive->lifecycle.exit_signalled(now));
-        self->apply_readiness(alive, std::move(ready));
+        if (self && alive && !defer_to_reader(*alive, Instance::kExitDeferred)) self->exit_seen(alive);
       },
       [weak_self, weak_instance] {
         auto self = weak_self.lock();
         auto alive = weak_instance.lock();
-        if (self && alive) self->apply(alive, alive->lifecycle.contents_changed(Clock::now()));
+        if (self && alive && !defer_to_reader(*alive, Instance::kContentsDeferred)) {
+          self->apply(alive, alive->lifecycle.contents_changed(Clock::now()));
+        }
       },
       [weak_self, weak_instance](std::string_view data, bool eof) {
         auto self = weak_self.lock();
@@ -545,6 +633,7 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
     error.message = "module '" + config.name + "': " + error.message;
     return error;
   }
+  instance->watched.store(true);
   if (instance->readiness) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     wake_supervisor_locked();  // it times the readiness from now on
@@ -618,14 +707,11 @@ void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance
   (void)instance->process->kill_tree();
   bool exited = instance->process->wait_for_exit(options_.kill_timeout).has_value();
   if (exited) instance->process->reap();
+  // Not waited for: a reader may already be inside the sink with a line, and
+  // a sink that waits for a lock the host holds around spawn_instance would
+  // deadlock us. Interrupted, it ends by itself; it holds what it uses.
   for (auto& pipe : instance->pipes) {
     if (pipe) pipe->interrupt();
-  }
-  // Not joined: a reader may already be inside the sink with a line, and a
-  // sink that waits for a lock the host holds around spawn_instance would
-  // deadlock us. Interrupted, it ends by itself; it holds what it uses.
-  for (auto& reader : instance->readers) {
-    if (reader) reader->detach();
   }
   if (!exited) {
     queue_record(instance, LogLevel::Error,
@@ -636,14 +722,11 @@ void LocalProcessBackend::Impl::abandon_unregistered(const InstancePtr& instance
 Result<void> LocalProcessBackend::Impl::start_readers(const InstancePtr& instance) {
   instance->readers_running = 2;
   for (int index = 0; index < 2; ++index) {
-    auto thread = services_.start_thread(
-        options_.reader_stack_bytes,
-        [self = shared_from_this(), instance, index] { self->read_stream(instance, index); }, "a reader");
-    if (!thread) {
+    auto started = reader_pool_->run([self = shared_from_this(), instance, index] { self->read_stream(instance, index); });
+    if (!started) {
       instance->readers_running -= 2 - index;  // this reader and any after it never ran
-      return std::move(thread).error();
+      return std::move(started).error();
     }
-    instance->readers[index] = std::move(*thread);
   }
   return {};
 }
@@ -687,6 +770,9 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     LogLevel level_ = LogLevel::Info;
   };
 
+  if (index == 0) {
+    for (const auto& record : instance->opening_records) log_event(instance.get(), record.level, record.text);
+  }
   // Until spawn has registered the instance, its pipes may be interrupted
   // (spawn failed) before anything is read: that costs nothing here.
   {
@@ -708,7 +794,42 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
     instance->lifecycle.delivering(index, false);
   }
   if (index == 0 && instance->readiness) apply_readiness(instance, instance->readiness->stdout_closed(Clock::now()));
+  tls_may_report = instance.get();
+  instance->readers_in_tail.fetch_add(1);
   apply(instance, instance->lifecycle.stream_closed(index, Clock::now()));
+  // A child's output ends as it exits: the last reader waits a moment for the
+  // exit and acts on it (and reports it) itself, rather than for the monitor
+  // to wake and hand it to the supervisor. (Linux closes an exiting task's
+  // descriptors before it becomes a zombie, so the exit is rarely there yet
+  // at the end of file.) A module that closed its output and runs on only
+  // costs this thread the wait; the monitor still sees its exit. Not with
+  // readiness: the monitor reads the notifications written before the exit
+  // first (a READY=1 just before exiting still counts).
+  bool exited = false, emptied = false;
+  if (!instance->readiness && instance->watched.load() && instance->lifecycle.streams_closed() &&
+      !instance->lifecycle.status()) {
+    const auto until = Clock::now() + kExitAfterOutputWait;
+    const bool claimed = instance->exit_claimed.load();  // by the monitor, before this reader got here
+    if (!claimed) {
+      exited = instance->process->peek_exit().has_value();
+      if (!exited && instance->process->exit_waitable()) {
+        exited = instance->process->wait_for_exit(kExitAfterOutputWait).has_value();
+      }
+    }
+    // A contained child's group empties a moment after its exit shows.
+    if (exited || claimed) {
+      emptied = instance->process->wait_for_contents_empty(
+          std::max(std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()), std::chrono::milliseconds(0)));
+    }
+  }
+  instance->readers_in_tail.fetch_sub(1);
+  // What the monitor saw while this reader (or the other) was here.
+  const int deferred = instance->deferred.exchange(0);
+  if (exited || (deferred & Instance::kExitDeferred)) exit_seen(instance);
+  if (emptied || (deferred & Instance::kContentsDeferred)) {
+    apply(instance, instance->lifecycle.contents_changed(Clock::now()));
+  }
+  tls_may_report = nullptr;
   {
     // Every decrement, not only the last: the teardown, run from the other
     // reader's sink, waits for the count to reach 1.
@@ -760,6 +881,17 @@ void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group
     }
     // From on_exit, on the supervisor: nobody else delivers the records.
     if (tls_on_supervisor && tls_backend == this && deliver_pending_records()) continue;
+    // One instance whose exit nobody has seen yet: wait on the process itself
+    // and act on its exit here, rather than for the monitor to wake and hand
+    // it over (a thread wake-up the raw kill+waitpid does not pay). Not on
+    // the supervisor, which must stay free to deliver records.
+    if (group.size() == 1 && !tls_on_supervisor && !group[0]->readiness && group[0]->watched.load() &&
+        !group[0]->exit_claimed.load() &&
+        group[0]->process->exit_waitable()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
+      if (group[0]->process->wait_for_exit(std::max(left, std::chrono::milliseconds(0)))) exit_seen(group[0]);
+      continue;
+    }
     std::unique_lock<std::mutex> lock(state_mutex_);
     state_changed_.wait_until(lock, next, [&] { return generation_ != seen; });
   }
@@ -932,6 +1064,14 @@ bool LocalProcessBackend::Impl::deliver_pending_records() {
 }
 
 void LocalProcessBackend::Impl::deliver_pending(PendingRecord& pending) {
+  deliver_one(pending);
+  if (pending.instance) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    --pending.instance->queued_records;
+  }
+}
+
+void LocalProcessBackend::Impl::deliver_one(PendingRecord& pending) {
   Instance* instance = pending.instance.get();
   switch (pending.kind) {
     case PendingRecord::Kind::Record:
@@ -991,19 +1131,14 @@ void LocalProcessBackend::Impl::supervise() {
       ++generation_;
       state_changed_.notify_all();
     }
-    // 2. Join the readers of reported instances whose readers have returned.
-    std::vector<InstancePtr> finished;
-    for (auto it = unjoined_.begin(); it != unjoined_.end();) {
-      if ((*it)->reported && (*it)->readers_running.load() == 0) {
-        finished.push_back(std::move(*it));
-        it = unjoined_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    // 2. Forget reported instances whose readers have returned (their
+    // threads went back to the pool).
+    unjoined_.erase(std::remove_if(unjoined_.begin(), unjoined_.end(),
+                                   [](const InstancePtr& instance) {
+                                     return instance->reported && instance->readers_running.load() == 0;
+                                   }),
+                    unjoined_.end());
     if (destroying_) {
-      // The destructor joins what is left.
-      for (auto& instance : finished) unjoined_.push_back(std::move(instance));
       supervisor_done_ = true;
       supervisor_running_ = false;
       state_changed_.notify_all();
@@ -1013,12 +1148,6 @@ void LocalProcessBackend::Impl::supervise() {
     Clock::time_point shutdown_deadline = shutdown_deadline_;
     std::vector<InstancePtr> watch = unjoined_;
     lock.unlock();
-    for (auto& instance : finished) {
-      for (auto& reader : instance->readers) {
-        if (reader) reader->join();
-      }
-    }
-    finished.clear();
     if (start_shutdown) {
       // Starts every stop and goes on: the ticks below drive them, and this
       // thread must stay free to deliver their records.
@@ -1163,17 +1292,9 @@ void LocalProcessBackend::Impl::teardown() {
   // What is still running (an abandoned reader or supervisor) finishes its
   // current call and makes no other: no sink call after the destructor.
   sink_closed_.store(true, std::memory_order_release);
-  for (const auto& instance : unjoined) {
-    bool done = instance->readers_running.load() == 0;
-    for (auto& reader : instance->readers) {
-      if (!reader) continue;
-      if (done) {
-        reader->join();
-      } else {
-        reader->detach();  // ends when the sink returns; it holds what it uses
-      }
-    }
-  }
+  // Idle readers are joined; one still in a sink call is let go (it ends
+  // when the sink returns; it holds what it uses).
+  reader_pool_->shutdown(deadline);
   unjoined.clear();
   group.clear();
   // The backend's own group directory goes once its instances' have; one that

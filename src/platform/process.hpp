@@ -89,6 +89,9 @@ class Process {
   /// without one).
   virtual std::intptr_t contents_handle() const = 0;
   virtual bool contents_empty() = 0;
+  /// Waits up to `timeout` for contents_empty() (for the reader that acts on
+  /// an exit itself: the group may empty a moment after the child exits).
+  virtual bool wait_for_contents_empty(std::chrono::milliseconds) { return contents_empty(); }
   virtual std::optional<std::int64_t> process_count() = 0;
 
   /// The parent's end of the notification pipe (SpawnRequest::notify),
@@ -109,6 +112,9 @@ class Process {
   /// Waits up to `timeout` for the exit (for error paths where no monitor
   /// watches the child); returns peek_exit().
   virtual std::optional<ExitStatus> wait_for_exit(std::chrono::milliseconds timeout) = 0;
+  /// True when wait_for_exit() blocks on the exit itself (a pidfd, a process
+  /// handle) rather than polling: a stop may then wait for the exit there.
+  virtual bool exit_waitable() const { return false; }
   /// Reaps the exited child: call only after peek_exit() returned a status.
   /// After this no signal reaches the pid again.
   virtual void reap() = 0;

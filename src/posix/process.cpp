@@ -703,6 +703,7 @@ class PosixProcess final : public Process {
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
   std::intptr_t exit_handle() const override { return pidfd_ ? pidfd_.get() : -1; }
+  bool exit_waitable() const override { return static_cast<bool>(pidfd_); }
   std::intptr_t notify_handle() const override { return notify_read_ ? notify_read_.get() : -1; }
 
   Result<bool> request_stop() override {
@@ -748,6 +749,18 @@ class PosixProcess final : public Process {
 
   std::intptr_t contents_handle() const override { return cell_ ? cell_->events_fd() : -1; }
   bool contents_empty() override { return !cell_ || !cell_->populated(); }
+  bool wait_for_contents_empty(std::chrono::milliseconds timeout) override {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      // Reading cgroup.events re-arms its poll: it then wakes only on a change.
+      if (contents_empty()) return true;
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd changed{cell_->events_fd(), POLLPRI, 0};
+      ::poll(&changed, 1, static_cast<int>(left.count()) + 1);
+    }
+  }
   std::optional<std::int64_t> process_count() override {
     if (!cell_) return std::nullopt;
     return cell_->count();

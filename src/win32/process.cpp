@@ -326,6 +326,7 @@ class Win32Process final : public Process {
   std::unique_ptr<PipeReader> take_stdout() override { return std::move(stdout_); }
   std::unique_ptr<PipeReader> take_stderr() override { return std::move(stderr_); }
   std::intptr_t exit_handle() const override { return reinterpret_cast<std::intptr_t>(process_.get()); }
+  bool exit_waitable() const override { return true; }
   // The overlapped server end of the notification pipe; the exit monitor
   // reads a duplicate of it (exit_monitor.cpp).
   std::intptr_t notify_handle() const override {
