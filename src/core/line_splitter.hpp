@@ -27,8 +27,9 @@ class LineSplitter {
   void finish();
 
  private:
-  void emit(std::string_view raw, bool line_complete);
-  void emit_bounded(std::string_view raw);
+  // `ascii`: known to be all ASCII, so valid UTF-8 as it is.
+  void emit(std::string_view raw, bool line_complete, bool ascii = false);
+  void emit_bounded(std::string_view raw, bool ascii = false);
 
   std::size_t max_;
   Sink& sink_;
