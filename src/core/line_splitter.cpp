@@ -4,43 +4,7 @@
 
 #include "core/utf8.hpp"
 
-#if defined(__SSE2__) && defined(__GNUC__)
-#include <emmintrin.h>
-#define MODKIT_SCAN_SSE2 1
-#endif
-
 namespace modkit {
-namespace {
-
-// The first '\n' of [p, end) (nullptr if none), and in `high` a nonzero
-// value if a byte before it is not ASCII. One pass for both: an ASCII line,
-// the usual kind, then needs no UTF-8 check of its own.
-const char* scan_line(const char* p, const char* end, unsigned& high) {
-#ifdef MODKIT_SCAN_SSE2
-  const __m128i newline = _mm_set1_epi8('\n');
-  while (end - p >= 16) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const unsigned found = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, newline)));
-    const unsigned top = static_cast<unsigned>(_mm_movemask_epi8(bytes));  // high bits
-    if (found != 0) {
-      high |= top & ((found & (0u - found)) - 1);  // the bytes before the first '\n'
-      return p + __builtin_ctz(found);
-    }
-    high |= top;
-    p += 16;
-  }
-  for (; p < end; ++p) {
-    if (*p == '\n') return p;
-    high |= static_cast<unsigned char>(*p) & 0x80u;
-  }
-  return nullptr;
-#else
-  high = 0x80;  // not looked at: the line gets the full UTF-8 check
-  return static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
-#endif
-}
-
-}  // namespace
 
 LineSplitter::LineSplitter(std::size_t max_line_bytes, Sink& sink)
     : max_(max_line_bytes < 4 ? 4 : max_line_bytes), sink_(sink) {}

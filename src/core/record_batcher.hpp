@@ -22,7 +22,7 @@ class RecordBatcher final : private LineSplitter::Sink {
     virtual ~Output() = default;
     virtual void deliver(const LogRecord* records, std::size_t count) = 0;
     /// Whether a complete line (not a continuation) must be shown to
-    /// line_seen(); cheap, asked for each such line.
+    /// line_seen(). Once false, false for good: it is not asked again.
     virtual bool wants_lines() = 0;
     /// Called after the sink has had the line (its batch is flushed first).
     virtual void line_seen(std::string_view line) = 0;
@@ -50,6 +50,7 @@ class RecordBatcher final : private LineSplitter::Sink {
   Output& output_;
   LogRecord prototype_;
   LogLevel level_ = LogLevel::Info;  // of the line the next continuation belongs to
+  bool watching_ = true;             // output_.wants_lines() may still say yes
   std::string_view chunk_;           // lines inside it are used in place
   std::vector<LogRecord> records_;
   // Lines the splitter built outside the chunk (joined across chunks, or
