@@ -37,6 +37,9 @@ std::vector<LogRecord> sample_records() {
   }
   records[4].continuation = true;
   records[5].line = kInvalid;
+  // Only the instance changes from the record before: what a sink keeps
+  // from one record to the next must notice.
+  records[5].stream = records[4].stream;
   records[5].instance_id = "";
   return records;
 }
