@@ -50,7 +50,7 @@ class Signal {
 
 /// Counts the children's stdout lines and bytes (line + terminator), the
 /// lines that read exactly "ready", and wakes a waiter when `target_lines`
-/// is reached. Library events and stderr are ignored.
+/// is reached. Library events and stderr are ignored. Takes batches.
 ///
 /// As cheap per line as the raw baseline's counting: the line and byte
 /// counters are written by one thread at a time (one instance's stdout reader
@@ -69,6 +69,31 @@ class CountingSink final : public modkit::LogSink {
       signal_.notify();
     } else if (record.line.size() == 5 && record.line == "ready") {
       ready_.fetch_add(1, std::memory_order_relaxed);
+      signal_.notify();
+    }
+  }
+  // A batch is one instance's stream: count its stdout lines in one go.
+  void write_batch(const modkit::LogRecord* records, std::size_t count) override {
+    if (count == 0 || records[0].stream != modkit::LogStream::Stdout) {
+      for (std::size_t i = 0; i < count; ++i) write(records[i]);
+      return;
+    }
+    std::uint64_t bytes = 0;
+    bool ready = false;
+    for (std::size_t i = 0; i < count; ++i) {
+      bytes += records[i].line.size() + 1;
+      ready |= records[i].line.size() == 5 && records[i].line == "ready";
+    }
+    const std::uint64_t before = lines_.load(std::memory_order_relaxed);
+    lines_.store(before + count, std::memory_order_relaxed);
+    bytes_.store(bytes_.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
+    const std::uint64_t target = target_lines_.load(std::memory_order_relaxed);
+    if (before < target && before + count >= target) {
+      signal_.notify();
+    } else if (ready) {
+      for (std::size_t i = 0; i < count; ++i) {
+        if (records[i].line.size() == 5 && records[i].line == "ready") ready_.fetch_add(1, std::memory_order_relaxed);
+      }
       signal_.notify();
     }
   }

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 build=build-fuzz
-targets=(line_splitter level config_validation command_line)
+targets=(line_splitter level record_batcher config_validation command_line)
 
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMODKIT_FUZZ=ON -DMODKIT_BUILD_TESTS=OFF -DMODKIT_BUILD_TOOLS=OFF >/dev/null

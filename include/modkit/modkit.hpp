@@ -460,10 +460,26 @@ struct LogRecord {
 /// views are valid only during the call. An exception thrown by write() (in a
 /// host built with exceptions) is caught and dropped; it never reaches modkit's
 /// threads or the caller of spawn_instance.
+///
+/// Batches. A reader thread hands the lines one read() of a stream brought
+/// to write_batch() in one call: `count` (at least 1, at most 2048) records
+/// of one instance and stream, in the order the child wrote them, each
+/// written before anything modkit reports about it (e.g. the "ready" record
+/// of a stdout readiness line comes after the batch holding that line). The
+/// array, the records and every view in them are valid only during the call;
+/// the call is made on the reader thread, under the same rules as write().
+/// Records of other streams and instances, and modkit's own records, may be
+/// written (by other threads, through write() or write_batch()) during the
+/// call. The default calls write() for each record in order, so a sink that
+/// only implements write() sees every record as before. An exception thrown
+/// by write_batch() drops the rest of that batch.
 class LogSink {
  public:
   virtual ~LogSink() = default;
   virtual void write(const LogRecord& record) = 0;
+  virtual void write_batch(const LogRecord* records, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) write(records[i]);
+  }
 };
 
 /// Level found in a line's content, as ModKit does: a JSON object's "level"
@@ -483,7 +499,8 @@ LogLevel detect_level(std::string_view line);
 /// U+FFFD.
 ///
 /// Output. Each record is written whole under the sink's lock, so records
-/// never interleave. On a non-blocking descriptor the sink waits (poll) until
+/// never interleave; a batch is formatted into one buffer and written whole
+/// (one write() call when the descriptor takes it all). On a non-blocking descriptor the sink waits (poll) until
 /// the descriptor takes the rest; nothing is dropped. A write to a pipe whose
 /// reader is gone is dropped without raising SIGPIPE (POSIX; the calling
 /// thread's signal mask and pending signals are left as they were). The FILE*
@@ -494,6 +511,8 @@ class TextLogSink : public LogSink {
   explicit TextLogSink(std::FILE* out = stderr);
   explicit TextLogSink(int fd);
   void write(const LogRecord& record) override;
+  /// All records formatted into one buffer, then one write under the lock.
+  void write_batch(const LogRecord* records, std::size_t count) override;
 
  private:
   std::mutex mutex_;
@@ -516,6 +535,8 @@ class JsonLogSink : public LogSink {
   explicit JsonLogSink(std::FILE* out = stderr);
   explicit JsonLogSink(int fd);
   void write(const LogRecord& record) override;
+  /// All records formatted into one buffer, then one write under the lock.
+  void write_batch(const LogRecord* records, std::size_t count) override;
 
  private:
   std::mutex mutex_;

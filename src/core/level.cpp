@@ -70,6 +70,30 @@ std::optional<LogLevel> level_named(std::string_view word, bool any_case) {
   return std::nullopt;
 }
 
+bool equal4(const char* p, const char* name) {
+  std::uint32_t a, b;
+  std::memcpy(&a, p, 4);
+  std::memcpy(&b, name, 4);
+  return a == b;
+}
+
+// The level a 4- or 5-byte token names, all upper or all lower case, else
+// Info: as level_named(token, false), in a few compares, for every line.
+LogLevel token_level(const char* p, std::size_t length) {
+  auto five = [&](const char* name) { return length == 5 && equal4(p, name) && p[4] == name[4]; };
+  switch (p[0]) {
+    case 'W': return length == 4 && equal4(p, "WARN") ? LogLevel::Warn : LogLevel::Info;
+    case 'w': return length == 4 && equal4(p, "warn") ? LogLevel::Warn : LogLevel::Info;
+    case 'E': return five("ERROR") ? LogLevel::Error : LogLevel::Info;
+    case 'e': return five("error") ? LogLevel::Error : LogLevel::Info;
+    case 'D': return five("DEBUG") ? LogLevel::Debug : LogLevel::Info;
+    case 'd': return five("debug") ? LogLevel::Debug : LogLevel::Info;
+    case 'T': return five("TRACE") ? LogLevel::Trace : LogLevel::Info;
+    case 't': return five("trace") ? LogLevel::Trace : LogLevel::Info;
+    default: return LogLevel::Info;  // "info"/"INFO" name Info too
+  }
+}
+
 // A strict JSON reader that only validates and remembers the top-level
 // "level" string. Depth is bounded so hostile input cannot exhaust the stack.
 class JsonScanner {
@@ -233,29 +257,41 @@ class JsonScanner {
   std::optional<std::string> level_;
 };
 
+// Out of line: the scanner's frame stays off the path of plain-text lines.
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+std::optional<LogLevel> json_level(std::string_view text) {
+  JsonScanner scanner(text);
+  if (scanner.scan_document() && scanner.level()) return level_named(*scanner.level(), /*any_case=*/true);
+  return std::nullopt;
+}
+
 }  // namespace
 
 LogLevel detect_level(std::string_view line) {
-  std::size_t start = 0;
-  while (start < line.size() && is_blank(line[start])) ++start;
-  std::string_view rest = line.substr(start);
+  const char* p = line.data();
+  const char* const end = p + line.size();
+  while (p < end && is_blank(*p)) ++p;
+  std::string_view rest(p, static_cast<std::size_t>(end - p));
   if (!rest.empty() && rest.front() == '{') {
-    JsonScanner scanner(rest);
-    if (scanner.scan_document() && scanner.level()) {
-      if (auto level = level_named(*scanner.level(), /*any_case=*/true)) return *level;
-    }
+    if (auto level = json_level(rest)) return *level;
   }
   // The second whitespace-separated token: "2025-01-01T00:00:00Z  WARN target: text".
-  std::size_t pos = find_blank(rest, 0);  // end of the first token
-  while (pos < rest.size() && is_blank(rest[pos])) ++pos;
-  // A level name has 4 or 5 letters: look no further than 6 bytes.
-  std::size_t end = pos;
-  const std::size_t limit = std::min(rest.size(), pos + 6);
-  while (end < limit && !is_blank(rest[end])) ++end;
-  if (end - pos >= 4 && end - pos <= 5 && (end == rest.size() || is_blank(rest[end]))) {
-    if (auto level = level_named(rest.substr(pos, end - pos), /*any_case=*/false)) return *level;
+  p += find_blank(rest, 0);  // end of the first token
+  while (p < end && is_blank(*p)) ++p;
+  // A level name is a token of 4 or 5 letters. Blanks inside the candidate
+  // need no check: token_level compares letters, and no blank matches one.
+  const std::size_t left = static_cast<std::size_t>(end - p);
+  std::size_t length = 0;
+  if (left == 4 || (left > 4 && is_blank(p[4]))) {
+    length = 4;
+  } else if (left == 5 || (left > 5 && is_blank(p[5]))) {
+    length = 5;
+  } else {
+    return LogLevel::Info;
   }
-  return LogLevel::Info;
+  return token_level(p, length);
 }
 
 }  // namespace modkit

@@ -11,7 +11,8 @@ LineSplitter::LineSplitter(std::size_t max_line_bytes, Sink& sink)
 
 void LineSplitter::feed(std::string_view bytes) {
   while (!bytes.empty()) {
-    const void* found = std::memchr(bytes.data(), '\n', bytes.size());
+    unsigned high = 0;
+    const char* found = scan_line(bytes.data(), bytes.data() + bytes.size(), high);
     if (found == nullptr) {
       pending_.append(bytes.data(), bytes.size());
       // Keep memory bounded: hand out full-size pieces as soon as we have them.
@@ -29,9 +30,9 @@ void LineSplitter::feed(std::string_view bytes) {
       pending_.erase(0, offset);
       return;
     }
-    std::size_t length = static_cast<std::size_t>(static_cast<const char*>(found) - bytes.data());
+    std::size_t length = static_cast<std::size_t>(found - bytes.data());
     if (pending_.empty()) {
-      emit_bounded(bytes.substr(0, length));  // common case: no copy
+      emit_bounded(bytes.substr(0, length), high == 0);  // common case: no copy
     } else {
       pending_.append(bytes.data(), length);
       emit_bounded(pending_);
@@ -50,18 +51,18 @@ void LineSplitter::finish() {
 }
 
 // A complete line, possibly longer than the limit.
-void LineSplitter::emit_bounded(std::string_view raw) {
+void LineSplitter::emit_bounded(std::string_view raw, bool ascii) {
   if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
   while (raw.size() > max_) {
-    std::size_t cut = utf8::safe_cut(raw, max_);
-    emit(raw.substr(0, cut), false);
+    std::size_t cut = ascii ? max_ : utf8::safe_cut(raw, max_);  // no multi-byte sequence to keep whole
+    emit(raw.substr(0, cut), false, ascii);
     raw.remove_prefix(cut);
   }
-  emit(raw, true);
+  emit(raw, true, ascii);
 }
 
-void LineSplitter::emit(std::string_view raw, bool line_complete) {
-  sink_.line(utf8::sanitize(raw, scratch_), continuing_);
+void LineSplitter::emit(std::string_view raw, bool line_complete, bool ascii) {
+  sink_.line(ascii ? raw : utf8::sanitize(raw, scratch_), continuing_);
   continuing_ = !line_complete;
 }
 

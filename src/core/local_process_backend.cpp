@@ -37,7 +37,7 @@
 #include "core/config_validation.hpp"
 #include "core/instance_lifecycle.hpp"
 #include "core/limits_text.hpp"
-#include "core/line_splitter.hpp"
+#include "core/record_batcher.hpp"
 #include "core/readiness_tracker.hpp"
 #include "core/spawn_thread.hpp"
 #include "core/thread_pool.hpp"
@@ -735,39 +735,30 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
   tls_backend = this;
   tls_reader_of = instance.get();
   tls_reader_stream = index;
-  // Hands each line to the sink. A continuation keeps the level found at the
-  // start of its line: a cut-off middle says nothing about severity.
-  class Forwarder final : public LineSplitter::Sink {
+  // Hands the lines of each chunk to the sink as one batch; a stdout line the
+  // readiness waits for goes to the tracker once the sink has had it.
+  class Forwarder final : public core::RecordBatcher::Output {
    public:
     Forwarder(Impl& impl, const InstancePtr& instance, LogStream stream)
         : impl_(impl), owner_(instance), instance_(*instance), stream_(stream) {}
-    void line(std::string_view text, bool continuation) override {
-      if (!continuation) level_ = detect_level(text);
-      LogRecord record;
-      record.module = instance_.handle.module;
-      record.instance_id = instance_.handle.instance_id;
-      record.stream = stream_;
-      record.level = level_;
-      record.line = text;
-      record.continuation = continuation;
-      record.timestamp = received;
-      impl_.deliver(record);
-      // After the line itself: the sink sees the ready line before "ready".
-      if (!continuation && stream_ == LogStream::Stdout && instance_.readiness &&
-          instance_.readiness->awaits_stdout_line()) {
-        impl_.apply_readiness(owner_, instance_.readiness->stdout_line(text, Clock::now()));
-      }
+    void deliver(const LogRecord* records, std::size_t count) override {
+      // As deliver(): the host may close what its sink writes to once the
+      // destructor returned.
+      if (impl_.sink_closed_.load(std::memory_order_acquire)) return;
+      call_host([&] { impl_.sink_->write_batch(records, count); });
     }
-    // When the chunk being split was read: one clock read per read() rather
-    // than per line (per line it cost more than the rest of the forwarding).
-    std::chrono::system_clock::time_point received{};
+    bool wants_lines() override {
+      return stream_ == LogStream::Stdout && instance_.readiness && instance_.readiness->awaits_stdout_line();
+    }
+    void line_seen(std::string_view text) override {
+      impl_.apply_readiness(owner_, instance_.readiness->stdout_line(text, Clock::now()));
+    }
 
    private:
     Impl& impl_;
     const InstancePtr& owner_;
     const Instance& instance_;
     LogStream stream_;
-    LogLevel level_ = LogLevel::Info;
   };
 
   if (index == 0) {
@@ -776,21 +767,25 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
   // Until spawn has registered the instance, its pipes may be interrupted
   // (spawn failed) before anything is read: that costs nothing here.
   {
-    Forwarder forwarder(*this, instance, index == 0 ? LogStream::Stdout : LogStream::Stderr);
-    LineSplitter splitter(options_.max_line_bytes, forwarder);
+    const LogStream stream = index == 0 ? LogStream::Stdout : LogStream::Stderr;
+    Forwarder forwarder(*this, instance, stream);
+    core::RecordBatcher batcher(options_.max_line_bytes, instance->handle.module, instance->handle.instance_id, stream,
+                                forwarder);
     std::unique_ptr<char[]> buffer(new char[kReadChunkBytes]);
     platform::PipeReader& pipe = *instance->pipes[index];
     for (;;) {
       std::ptrdiff_t count = pipe.read(buffer.get(), kReadChunkBytes);
       if (count <= 0) break;
-      forwarder.received = std::chrono::system_clock::now();
+      // One clock read per read() rather than per line (per line it cost
+      // more than the rest of the forwarding): every line arrived at once.
+      auto received = std::chrono::system_clock::now();
       instance->lifecycle.delivering(index, true);
-      splitter.feed(std::string_view(buffer.get(), static_cast<std::size_t>(count)));
+      batcher.feed(std::string_view(buffer.get(), static_cast<std::size_t>(count)), received);
       instance->lifecycle.delivering(index, false);
     }
-    forwarder.received = std::chrono::system_clock::now();
+    auto received = std::chrono::system_clock::now();
     instance->lifecycle.delivering(index, true);
-    splitter.finish();
+    batcher.finish(received);
     instance->lifecycle.delivering(index, false);
   }
   if (index == 0 && instance->readiness) apply_readiness(instance, instance->readiness->stdout_closed(Clock::now()));

@@ -203,20 +203,33 @@ void emit(std::FILE* file, int fd, const std::string& text) {
   }
 }
 
-}  // namespace
+// The timestamp text of the previous record: the records of one batch share
+// the time their chunk was read, and snprintf costs more than the rest of a
+// short record's formatting.
+class TimestampCache {
+ public:
+  void append(std::string& out, std::chrono::system_clock::time_point when) {
+    if (!valid_ || when != when_) {
+      text_.clear();
+      append_timestamp(text_, when);
+      when_ = when;
+      valid_ = true;
+    }
+    out += text_;
+  }
 
-TextLogSink::TextLogSink(std::FILE* out) : file_(out) {}
-TextLogSink::TextLogSink(int fd) : fd_(fd) {}
+ private:
+  std::string text_;
+  std::chrono::system_clock::time_point when_{};
+  bool valid_ = false;
+};
 
-void TextLogSink::write(const LogRecord& record) {
-  std::string text;
-  text.reserve(record.line.size() + record.module.size() + 96);
-  append_timestamp(text, record.timestamp);
+void format_text(std::string& text, const LogRecord& record, TimestampCache& time, std::string& scratch) {
+  time.append(text, record.timestamp);
   text += ' ';
   std::string_view level = to_string(record.level);
   for (char c : level) text.push_back(static_cast<char>(c - 'a' + 'A'));
   text.append(6 - level.size(), ' ');
-  std::string scratch;
   append_field<TextEscape>(text, record.module, scratch);
   if (!record.instance_id.empty()) {
     text += '[';
@@ -233,34 +246,109 @@ void TextLogSink::write(const LogRecord& record) {
   text += record.continuation ? "+ " : ": ";
   append_field<TextEscape>(text, record.line, scratch);
   text += '\n';
-  std::lock_guard<std::mutex> lock(mutex_);
-  emit(file_, fd_, text);
+}
+
+// The fields a batch's records share (module, instance, stream), escaped
+// once: per record only the level, the continuation flag and the line change.
+class JsonMiddle {
+ public:
+  const std::string& get(const LogRecord& record, std::string& scratch) {
+    if (!valid_ || record.stream != stream_ || !same(record.module, module_) || !same(record.instance_id, id_)) {
+      text_.assign("\",\"module\":");
+      append_json_string(text_, record.module, scratch);
+      text_ += ",\"instance_id\":";
+      append_json_string(text_, record.instance_id, scratch);
+      text_ += ",\"stream\":\"";
+      text_ += to_string(record.stream);
+      text_ += "\",\"continuation\":";
+      module_ = record.module;
+      id_ = record.instance_id;
+      stream_ = record.stream;
+      valid_ = true;
+    }
+    return text_;
+  }
+
+ private:
+  static bool same(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && (a.data() == b.data() || a == b);
+  }
+  // Views into the records of the current call only: reset per call.
+  std::string_view module_, id_;
+  LogStream stream_ = LogStream::Library;
+  bool valid_ = false;
+  std::string text_;
+};
+
+void format_json(std::string& text, const LogRecord& record, TimestampCache& time, JsonMiddle& middle,
+                 std::string& scratch) {
+  text += "{\"timestamp\":\"";
+  time.append(text, record.timestamp);
+  text += "\",\"level\":\"";
+  text += to_string(record.level);
+  text += middle.get(record, scratch);
+  text += record.continuation ? std::string_view("true,\"line\":") : std::string_view("false,\"line\":");
+  append_json_string(text, record.line, scratch);
+  text += "}\n";
+}
+
+// Room for the records before escaping; escapes may still grow the buffer.
+std::size_t estimate(const LogRecord* records, std::size_t count, std::size_t per_record) {
+  std::size_t bytes = 0;
+  for (std::size_t i = 0; i < count; ++i) bytes += records[i].line.size() + records[i].module.size() + per_record;
+  return bytes;
+}
+
+// One formatting buffer per thread, kept between calls: a reader formats a
+// batch per read() and would otherwise allocate for each.
+std::string& thread_buffer() {
+  thread_local std::string buffer;
+  buffer.clear();
+  return buffer;
+}
+
+// A buffer that grew for one huge batch is not kept.
+void release_if_huge(std::string& buffer) {
+  if (buffer.capacity() > (std::size_t{512} << 10)) std::string().swap(buffer);
+}
+
+}  // namespace
+
+TextLogSink::TextLogSink(std::FILE* out) : file_(out) {}
+TextLogSink::TextLogSink(int fd) : fd_(fd) {}
+
+void TextLogSink::write(const LogRecord& record) { write_batch(&record, 1); }
+
+void TextLogSink::write_batch(const LogRecord* records, std::size_t count) {
+  std::string& text = thread_buffer();
+  text.reserve(estimate(records, count, 96));
+  TimestampCache time;
+  std::string scratch;
+  for (std::size_t i = 0; i < count; ++i) format_text(text, records[i], time, scratch);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    emit(file_, fd_, text);
+  }
+  release_if_huge(text);
 }
 
 JsonLogSink::JsonLogSink(std::FILE* out) : file_(out) {}
 JsonLogSink::JsonLogSink(int fd) : fd_(fd) {}
 
-void JsonLogSink::write(const LogRecord& record) {
-  std::string text;
-  text.reserve(record.line.size() + record.module.size() + 160);
-  text += "{\"timestamp\":\"";
-  append_timestamp(text, record.timestamp);
-  text += "\",\"level\":\"";
-  text += to_string(record.level);
-  text += "\",\"module\":";
+void JsonLogSink::write(const LogRecord& record) { write_batch(&record, 1); }
+
+void JsonLogSink::write_batch(const LogRecord* records, std::size_t count) {
+  std::string& text = thread_buffer();
+  text.reserve(estimate(records, count, 160));
+  TimestampCache time;
+  JsonMiddle middle;
   std::string scratch;
-  append_json_string(text, record.module, scratch);
-  text += ",\"instance_id\":";
-  append_json_string(text, record.instance_id, scratch);
-  text += ",\"stream\":\"";
-  text += to_string(record.stream);
-  text += "\",\"continuation\":";
-  text += record.continuation ? "true" : "false";
-  text += ",\"line\":";
-  append_json_string(text, record.line, scratch);
-  text += "}\n";
-  std::lock_guard<std::mutex> lock(mutex_);
-  emit(file_, fd_, text);
+  for (std::size_t i = 0; i < count; ++i) format_json(text, records[i], time, middle, scratch);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    emit(file_, fd_, text);
+  }
+  release_if_huge(text);
 }
 
 }  // namespace modkit

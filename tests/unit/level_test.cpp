@@ -1,6 +1,10 @@
 // Level detection: the seed's cases, then the edges.
 #include <gtest/gtest.h>
 
+#include <random>
+#include <string>
+#include <utility>
+
 #include "modkit/modkit.hpp"
 
 using modkit::detect_level;
@@ -51,4 +55,41 @@ TEST(DetectLevel, BrokenJsonFallsBackToTokens) {
 TEST(DetectLevel, DeepNestingIsRejectedNotRecursedForever) {
   std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + ",\"level\":\"error\"}";
   EXPECT_EQ(detect_level(deep), LogLevel::Info);
+}
+
+// The token rule as it was before the second token was matched in place
+// (byte by byte, table of names): same level for random non-JSON lines.
+LogLevel token_rule_before(std::string_view line) {
+  auto blank = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  std::size_t pos = 0;
+  while (pos < line.size() && blank(line[pos])) ++pos;
+  while (pos < line.size() && !blank(line[pos])) ++pos;
+  while (pos < line.size() && blank(line[pos])) ++pos;
+  std::size_t end = pos;
+  while (end < line.size() && !blank(line[end])) ++end;
+  const std::string_view word = line.substr(pos, end - pos);
+  static const std::pair<const char*, LogLevel> kNames[] = {{"error", LogLevel::Error}, {"warn", LogLevel::Warn},
+                                                            {"info", LogLevel::Info}, {"debug", LogLevel::Debug},
+                                                            {"trace", LogLevel::Trace}};
+  for (const auto& [name, level] : kNames) {
+    std::string lower = name, upper = name;
+    for (char& c : upper) c = static_cast<char>(c - 'a' + 'A');
+    if (word == lower || word == upper) return level;
+  }
+  return LogLevel::Info;
+}
+
+TEST(DetectLevel, TokenRuleSameAsBeforeOnRandomLines) {
+  std::mt19937 rng(7);
+  static const char* const kPieces[] = {"ERROR", "error", "WARN", "warn", "INFO", "DEBUG", "debug", "TRACE", "trace",
+                                        "Error", "ERRORS", "WAR", " ", "  ", "\t", "\r", "\v", "x", "12:00:00",
+                                        "2025-01-01T00:00:00.123456Z", "e", "w", "\xc3\xa9", "{", "}"};
+  for (int round = 0; round < 200000; ++round) {
+    std::string line;
+    const int pieces = static_cast<int>(rng() % 6);
+    for (int i = 0; i < pieces; ++i) line += kPieces[rng() % (sizeof kPieces / sizeof kPieces[0])];
+    std::size_t start = line.find_first_not_of(" \t\n\v\f\r");
+    if (start != std::string::npos && line[start] == '{') continue;  // the JSON rule: unchanged
+    ASSERT_EQ(detect_level(line), token_rule_before(line)) << "'" << line << "'";
+  }
 }
