@@ -1,8 +1,10 @@
 // modkit: start, watch and stop out-of-process modules.
 //
-// This is the library's only public header. Every fallible call returns a
-// modkit::Result<T>; nothing in the library throws, so it can be built and used
-// with -fno-exceptions -fno-rtti.
+// This is the library's public header (it includes modkit/supervisor.hpp;
+// modkit/ostream.hpp adds operator<< for hosts that use iostreams). Every
+// fallible call returns a modkit::Result<T>; nothing in the library throws, so
+// it can be built and used with -fno-exceptions -fno-rtti. It uses no
+// iostreams: every printable type has a to_string().
 #pragma once
 
 #include <chrono>
