@@ -5,14 +5,19 @@
 #                (a crash loop backing off and giving up, modules becoming ready, a module
 #                ended by its address-space limit, a clean shutdown)
 #   make test    build with CMake and run the test suite through ctest
-#   make bench   build and run the benchmarks (see bench/)
+#   make bench   the footprint (bench/footprint.sh), then build and run the benchmarks (see bench/)
 #   make soak    the long stress run;  make fuzz: the fuzzers, longer than CI
 #   make win32   cross-build for Windows with MinGW-w64 and run the suite under Wine
+#
+# `make lib` warns but does not stop on warnings (a vendoring host's newer
+# compiler may warn where ours does not); WERROR=1 makes them errors, as CI does:
+#   make lib WERROR=1
 
 CXX      ?= c++
 AR       ?= ar
 CXXFLAGS ?= -O2 -g
-MODKIT_CXXFLAGS = -std=c++17 -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc -pthread
+WERROR   ?= 0
+MODKIT_CXXFLAGS = -std=c++17 -Wall -Wextra -Wpedantic $(if $(filter 1,$(WERROR)),-Werror) -Iinclude -Isrc -pthread
 BUILD    ?= build
 OUT      ?= out
 
@@ -46,6 +51,8 @@ test: $(BUILD)/CMakeCache.txt
 	cd $(BUILD) && ctest --output-on-failure -j2
 
 bench:
+	@# Footprint first: it compiles (no timing), so it must not overlap the timed runs.
+	bash bench/footprint.sh $(BUILD)-footprint
 	cmake -S . -B $(BUILD)-bench -DCMAKE_BUILD_TYPE=Release -DMODKIT_BUILD_BENCH=ON -DMODKIT_BUILD_TESTS=OFF
 	cmake --build $(BUILD)-bench -j2
 	bash scripts/bench.sh $(BUILD)-bench
@@ -60,4 +67,4 @@ win32:
 	bash scripts/win32-test.sh
 
 clean:
-	rm -rf $(OUT) $(BUILD) $(BUILD)-bench
+	rm -rf $(OUT) $(BUILD) $(BUILD)-bench $(BUILD)-footprint

@@ -159,6 +159,18 @@ class StableNames final : public Base {
   }
 };
 
+// --benchmark_format as Google Benchmark reads it: the BENCHMARK_FORMAT
+// environment variable, overridden by the last flag on the command line.
+std::string output_format(int argc, char** argv) {
+  const char* from_environment = std::getenv("BENCHMARK_FORMAT");
+  std::string format = from_environment ? from_environment : "console";
+  static const char kFlag[] = "--benchmark_format=";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], kFlag, sizeof kFlag - 1) == 0) format = argv[i] + sizeof kFlag - 1;
+  }
+  return format;
+}
+
 }  // namespace
 
 int run_benchmarks(int argc, char** argv) {
@@ -167,13 +179,33 @@ int run_benchmarks(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--benchmark_out=", 16) == 0) file_output = true;
   }
+  std::string format = output_format(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   auto options = benchmark::ConsoleReporter::OO_Tabular;
   if (isatty(1)) options = static_cast<benchmark::ConsoleReporter::OutputOptions>(options | benchmark::ConsoleReporter::OO_Color);
-  StableNames<benchmark::ConsoleReporter> display(options);
+  // Our tabular console for people; the library's own JSON or CSV reporter
+  // (names still stable) when stdout was asked for in that format.
+  StableNames<benchmark::ConsoleReporter> console(options);
+  StableNames<benchmark::JSONReporter> json;
+  // Deprecated upstream but still what --benchmark_format=csv gives.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  StableNames<benchmark::CSVReporter> csv;
+#pragma GCC diagnostic pop
+  benchmark::BenchmarkReporter* display = nullptr;
+  if (format == "console") {
+    display = &console;
+  } else if (format == "json") {
+    display = &json;
+  } else if (format == "csv") {
+    display = &csv;
+  } else {
+    std::fprintf(stderr, "bench: unknown --benchmark_format '%s' (console, json or csv)\n", format.c_str());
+    return 1;
+  }
   StableNames<benchmark::JSONReporter> file;
-  benchmark::RunSpecifiedBenchmarks(&display, file_output ? &file : nullptr);
+  benchmark::RunSpecifiedBenchmarks(display, file_output ? &file : nullptr);
   benchmark::Shutdown();
   return 0;
 }

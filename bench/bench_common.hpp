@@ -139,6 +139,8 @@ long raise_fd_limit();
 /// "/min_time:" suffixes Google Benchmark appends are dropped, so results
 /// keep the names of issue 4 (BM_Spawn/modkit, BM_ShutdownStubborn/100, ...)
 /// however a benchmark is configured. --benchmark_out is always JSON.
+/// --benchmark_format (or BENCHMARK_FORMAT) picks stdout's format as in
+/// Google Benchmark: console (modkit's tabular reporter), json or csv.
 int run_benchmarks(int argc, char** argv);
 
 }  // namespace modkit_bench

@@ -9,6 +9,7 @@ set(MODKIT_CORE_SOURCES
   src/core/line_splitter.cpp
   src/core/local_process_backend.cpp
   src/core/log_sinks.cpp
+  src/core/ostream.cpp
   src/core/record_batcher.cpp
   src/core/readiness_tracker.cpp
   src/core/spawn_thread.cpp

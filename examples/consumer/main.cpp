@@ -1,5 +1,6 @@
 // The README's API example: start a module, let it log, stop it.
 #include <modkit/modkit.hpp>
+#include <modkit/ostream.hpp>  // opt-in: os << error, handle, status
 
 #include <iostream>
 

@@ -1,15 +1,16 @@
 // modkit: start, watch and stop out-of-process modules.
 //
-// This is the library's only public header. Every fallible call returns a
-// modkit::Result<T>; nothing in the library throws, so it can be built and used
-// with -fno-exceptions -fno-rtti.
+// This is the library's public header (it includes modkit/supervisor.hpp;
+// modkit/ostream.hpp adds operator<< for hosts that use iostreams). Every
+// fallible call returns a modkit::Result<T>; nothing in the library throws, so
+// it can be built and used with -fno-exceptions -fno-rtti. It uses no
+// iostreams: every printable type has a to_string().
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <iosfwd>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,8 +35,9 @@ struct Error {
   std::string message;
 };
 
-/// Prints "message (code text)".
-std::ostream& operator<<(std::ostream& os, const Error& error);
+/// "message (code text)", e.g. "binary '/x' not found (No such file or
+/// directory)". For `os << error`, include <modkit/ostream.hpp>.
+std::string to_string(const Error& error);
 
 /// Builds an Error from a std::errc and a message.
 Error make_error(std::errc code, std::string message);
@@ -190,8 +192,8 @@ class CancellationToken {
 // ---------------------------------------------------------------------------
 
 enum class BackendKind { LocalProcess, K8s, Static, Mock };
+/// "LocalProcess", "K8s", "Static", "Mock".
 std::string_view to_string(BackendKind kind);
-std::ostream& operator<<(std::ostream& os, BackendKind kind);
 
 /// How a child is asked to stop before it is killed.
 enum class GracefulStop {
@@ -361,7 +363,7 @@ struct OopModuleConfig {
   Privileges privileges;
 };
 
-/// A running (or once running) instance. Printable with every field.
+/// A running (or once running) instance. Printable with every field (to_string).
 struct InstanceHandle {
   std::string module;
   std::string instance_id;  ///< UUID v7 (RFC 9562), lower-case text form.
@@ -373,7 +375,10 @@ struct InstanceHandle {
   /// those that left its process group). Empty otherwise.
   std::optional<std::int64_t> processes;
 };
-std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle);
+/// Every field: InstanceHandle { module: "m", instance_id: <uuid>, backend:
+/// LocalProcess, pid: 1234 (or none), created_at: <steady ns>ns (steady)[,
+/// processes: N] }.
+std::string to_string(const InstanceHandle& handle);
 
 /// What an ended instance used, to log and compare with its ResourceLimits.
 struct ResourceUsage {
@@ -422,8 +427,18 @@ struct ExitStatus {
   std::optional<ResourceUsage> usage{};
   bool success() const { return kind == Kind::Exited && code == 0; }
 };
+/// "exited", "stopped", "readiness timeout", "ended before ready", "watchdog
+/// timeout", "memory limit", "CPU time limit".
 std::string_view to_string(ExitStatus::Reason reason);
-std::ostream& operator<<(std::ostream& os, const ExitStatus& status);
+/// The status in the words of modkit's exit records (hosts may match them):
+///   "exited with code 3"           Kind::Exited
+///   "killed by signal 9"           Kind::Signaled
+///   "exited, status unknown (reaped by someone else)"   Kind::Unknown
+/// then " (forced after the grace period)" when `forced`, then " [<reason>]"
+/// (to_string(Reason)) unless the reason is Exited, e.g.
+/// "killed by signal 9 (forced after the grace period) [watchdog timeout]".
+/// The usage is not part of it (the library logs it in a record of its own).
+std::string to_string(const ExitStatus& status);
 
 /// Generates a UUID v7 (RFC 9562): 48-bit Unix milliseconds, then a counter and
 /// random bits, so ids from one process sort in creation order.

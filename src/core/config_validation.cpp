@@ -1,7 +1,7 @@
 #include "core/config_validation.hpp"
 
 #include <optional>
-#include <sstream>
+#include <string>
 
 namespace modkit {
 namespace {
@@ -89,9 +89,8 @@ std::optional<Error> check_privileges(const OopModuleConfig& config) {
 
 Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
   if (config.backend != BackendKind::LocalProcess) {
-    std::ostringstream message;
-    message << "LocalProcessBackend can only spawn LocalProcess instances, got " << config.backend;
-    return make_error(std::errc::invalid_argument, message.str());
+    return make_error(std::errc::invalid_argument, "LocalProcessBackend can only spawn LocalProcess instances, got " +
+                                                       std::string(to_string(config.backend)));
   }
   if (config.name.empty()) return make_error(std::errc::invalid_argument, "module name must not be empty");
   if (has_nul(config.name)) return make_error(std::errc::invalid_argument, "module name contains a NUL byte");

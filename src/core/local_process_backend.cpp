@@ -149,17 +149,10 @@ ExitStatus status_with_reason(const Instance& instance, ExitStatus status) {
   return status;
 }
 
-std::string describe(const ExitStatus& status) {
-  std::string text;
-  if (status.kind == ExitStatus::Kind::Exited) {
-    text = "exited with code " + std::to_string(status.code);
-  } else if (status.kind == ExitStatus::Kind::Signaled) {
-    text = "killed by signal " + std::to_string(status.code);
-  } else {
-    text = "exited, status unknown (reaped by someone else)";
-  }
-  if (status.forced) text += " (forced after the grace period)";
-  return text;
+// to_string without the reason, which the callers add (or not) themselves.
+std::string describe(ExitStatus status) {
+  status.reason = ExitStatus::Reason::Exited;
+  return to_string(status);
 }
 
 // Host code (a sink, an event) must not unwind through modkit's threads.

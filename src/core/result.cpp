@@ -1,14 +1,12 @@
 #include <cstdio>
 #include <cstdlib>
-#include <ostream>
+#include <string>
 
 #include "modkit/modkit.hpp"
 
 namespace modkit {
 
-std::ostream& operator<<(std::ostream& os, const Error& error) {
-  return os << error.message << " (" << error.code.message() << ")";
-}
+std::string to_string(const Error& error) { return error.message + " (" + error.code.message() + ")"; }
 
 Error make_error(std::errc code, std::string message) {
   return Error{std::make_error_code(code), std::move(message)};

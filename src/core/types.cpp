@@ -1,4 +1,4 @@
-#include <ostream>
+#include <string>
 
 #include "modkit/modkit.hpp"
 
@@ -13,8 +13,6 @@ std::string_view to_string(BackendKind kind) {
   }
   return "Unknown";
 }
-
-std::ostream& operator<<(std::ostream& os, BackendKind kind) { return os << to_string(kind); }
 
 std::string_view to_string(LogLevel level) {
   switch (level) {
@@ -36,31 +34,28 @@ std::string_view to_string(LogStream stream) {
   return "modkit";
 }
 
-std::ostream& operator<<(std::ostream& os, const InstanceHandle& handle) {
-  os << "InstanceHandle { module: \"" << handle.module << "\", instance_id: " << handle.instance_id
-     << ", backend: " << handle.backend << ", pid: ";
-  if (handle.pid) {
-    os << *handle.pid;
-  } else {
-    os << "none";
-  }
+std::string to_string(const InstanceHandle& handle) {
+  std::string text = "InstanceHandle { module: \"" + handle.module + "\", instance_id: " + handle.instance_id +
+                     ", backend: " + std::string(to_string(handle.backend)) + ", pid: ";
+  text += handle.pid ? std::to_string(*handle.pid) : std::string("none");
   auto since_epoch = std::chrono::duration_cast<std::chrono::nanoseconds>(handle.created_at.time_since_epoch());
-  os << ", created_at: " << since_epoch.count() << "ns (steady)";
-  if (handle.processes) os << ", processes: " << *handle.processes;
-  return os << " }";
+  text += ", created_at: " + std::to_string(since_epoch.count()) + "ns (steady)";
+  if (handle.processes) text += ", processes: " + std::to_string(*handle.processes);
+  return text + " }";
 }
 
-std::ostream& operator<<(std::ostream& os, const ExitStatus& status) {
-  if (status.kind == ExitStatus::Kind::Exited) {
-    os << "exited with code " << status.code;
-  } else if (status.kind == ExitStatus::Kind::Unknown) {
-    os << "exited, status unknown (reaped by someone else)";
-  } else {
-    os << "killed by signal " << status.code;
+// The one text of an ExitStatus: the backend's exit records, the Supervisor's
+// notes and operator<< all say it this way.
+std::string to_string(const ExitStatus& status) {
+  std::string text;
+  switch (status.kind) {
+    case ExitStatus::Kind::Exited: text = "exited with code " + std::to_string(status.code); break;
+    case ExitStatus::Kind::Signaled: text = "killed by signal " + std::to_string(status.code); break;
+    case ExitStatus::Kind::Unknown: text = "exited, status unknown (reaped by someone else)"; break;
   }
-  if (status.forced) os << " (forced after the grace period)";
-  if (status.reason != ExitStatus::Reason::Exited) os << " [" << to_string(status.reason) << "]";
-  return os;
+  if (status.forced) text += " (forced after the grace period)";
+  if (status.reason != ExitStatus::Reason::Exited) text += " [" + std::string(to_string(status.reason)) + "]";
+  return text;
 }
 
 std::string_view to_string(ExitStatus::Reason reason) {

@@ -282,14 +282,9 @@ void MockBackend::Impl::end(Instance& instance, ExitStatus status) {
   Action record;
   record.kind = Action::Kind::LibraryRecord;
   record.stream = LogStream::Library;
-  if (status.kind == ExitStatus::Kind::Exited) {
-    record.text = "exited with code " + std::to_string(status.code);
-  } else if (status.kind == ExitStatus::Kind::Signaled) {
-    record.text = "killed by signal " + std::to_string(status.code);
-  } else {
-    record.text = "exited, status unknown";
-  }
-  if (status.forced) record.text += " (forced after the grace period)";
+  ExitStatus words = status;  // the scripted record carries no reason
+  words.reason = ExitStatus::Reason::Exited;
+  record.text = to_string(words);
   if (status.success() || status.reason == ExitStatus::Reason::Stopped) {
     record.level = LogLevel::Info;
   } else {

@@ -250,16 +250,4 @@ void ChildMachine::manual_start_failed(const std::optional<ExitStatus>& status) 
   ready_at_.reset();
 }
 
-std::string describe(const ExitStatus& status) {
-  std::string text;
-  switch (status.kind) {
-    case ExitStatus::Kind::Exited: text = "exited with code " + std::to_string(status.code); break;
-    case ExitStatus::Kind::Signaled: text = "killed by signal " + std::to_string(status.code); break;
-    case ExitStatus::Kind::Unknown: text = "ended, status unknown"; break;
-  }
-  if (status.forced) text += " (forced)";
-  if (status.reason != ExitStatus::Reason::Exited) text += " [" + std::string(to_string(status.reason)) + "]";
-  return text;
-}
-
 }  // namespace modkit::supervision

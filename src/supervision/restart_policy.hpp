@@ -163,8 +163,4 @@ class ChildMachine {
   std::optional<ExitStatus> last_exit_;
 };
 
-/// "exited with code 3", "killed by signal 11 (forced)", "ended, status
-/// unknown [readiness timeout]": the status in words, without iostreams.
-std::string describe(const ExitStatus& status);
-
 }  // namespace modkit::supervision

@@ -413,7 +413,7 @@ class Supervisor::Impl : public std::enable_shared_from_this<Supervisor::Impl> {
   }
   Note exited_note(const Child& child, const ExitStatus& status, const std::optional<InstanceHandle>& handle,
                    bool failure, int row, const std::string& extra) {
-    std::string body = supervision::describe(status);
+    std::string body = to_string(status);
     body += failure ? ", a failure (" + std::to_string(row) + " in a row)" : ", not a failure";
     if (!extra.empty()) body += "; " + extra;
     Note result = note(child, Kind::Exited, body, failure ? LogLevel::Warn : LogLevel::Info, handle);
@@ -1140,7 +1140,7 @@ Result<ChildStatus> Supervisor::Impl::start_on_caller(std::uint64_t child_key, b
     emit(exited);
     const bool timed_out = status.reason == ExitStatus::Reason::ReadinessTimeout;
     return make_error(timed_out ? std::errc::timed_out : std::errc::no_such_process,
-                      "child '" + id + "': " + supervision::describe(status) + " before it was ready");
+                      "child '" + id + "': " + to_string(status) + " before it was ready");
   }
   if (live->ready) {
     child->machine.became_ready(at);

@@ -352,6 +352,22 @@ TEST(SupervisorMock, SegfaultIsRestarted) {
   EXPECT_TRUE(status->instance);
 }
 
+// The Supervisor's exit events say a status in the backend's words
+// (to_string), not words of their own.
+TEST(SupervisorMock, ExitedEventSaysTheStatusAsTheExitRecordsDo) {
+  MockWorld world;
+  ExitStatus forced = signaled(9);
+  forced.forced = true;
+  world.mock->script("a", {ends(forced, 10ms)});
+  ASSERT_TRUE(world.supervisor->start(mock_spec("a", RestartPolicy::Never)));
+  world.clock->advance(10ms);
+  ASSERT_TRUE(world.events.wait_count("a", Kind::Exited, 1));
+  auto exit = world.events.of("a", Kind::Exited).at(0);
+  ASSERT_TRUE(exit.status);
+  EXPECT_EQ(exit.message.rfind(to_string(*exit.status), 0), 0u) << exit.message;
+  EXPECT_EQ(exit.message.rfind("killed by signal 9 (forced after the grace period), ", 0), 0u) << exit.message;
+}
+
 TEST(SupervisorMock, CleanSignalIsNotAFailure) {
   MockWorld world;
   world.mock->script("a", {ends(signaled(15), 10ms)});

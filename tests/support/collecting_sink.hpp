@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "modkit/modkit.hpp"
+#include "modkit/ostream.hpp"  // tests print Errors and statuses in gtest messages
 
 namespace modkit::testing {
 

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/config_validation.hpp"
+#include "modkit/ostream.hpp"
 
 namespace {
 

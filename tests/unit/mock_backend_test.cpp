@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "modkit/modkit.hpp"
+#include "modkit/ostream.hpp"
 
 #if defined(__cpp_exceptions)
 #include <stdexcept>

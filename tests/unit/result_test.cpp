@@ -6,6 +6,7 @@
 #include <string>
 
 #include "modkit/modkit.hpp"
+#include "modkit/ostream.hpp"
 
 namespace {
 

@@ -111,13 +111,6 @@ TEST(RestartPolicy, PreventCodesApplyToExitsOnly) {
   EXPECT_FALSE(prevents_restart(spec, signaled(78)));
 }
 
-TEST(RestartPolicy, DescribeNamesTheStatus) {
-  EXPECT_EQ(describe(exited(3)), "exited with code 3");
-  EXPECT_EQ(describe(signaled(9, true)), "killed by signal 9 (forced)");
-  EXPECT_EQ(describe(with_reason(signaled(15), ExitStatus::Reason::ReadinessTimeout)),
-            "killed by signal 15 [readiness timeout]");
-}
-
 // --- Backoff ---------------------------------------------------------------
 
 TEST(RestartPolicy, BackoffDoublesFromInitialUpToMaximum) {

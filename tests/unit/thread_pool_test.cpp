@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "modkit/ostream.hpp"
 #include "platform/thread.hpp"
 
 namespace modkit::core {
