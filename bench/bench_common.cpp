@@ -9,6 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +35,12 @@ namespace {
 }
 
 }  // namespace
+
+namespace {
+std::atomic<std::uint64_t> g_library_threads{0};
+}  // namespace
+
+std::uint64_t library_threads_started() { return g_library_threads.load(); }
 
 RawChild raw_spawn(const std::vector<std::string>& args) {
   int out[2], err[2];
@@ -154,6 +163,7 @@ class StableNames final : public Base {
       run.run_name.iterations.clear();
       run.run_name.repetitions.clear();
       run.run_name.time_type.clear();
+      run.run_name.threads.clear();  // BM_SpawnConcurrent/8/... says it in its name
     }
     Base::ReportRuns(renamed);
   }
@@ -211,3 +221,10 @@ int run_benchmarks(int argc, char** argv) {
 }
 
 }  // namespace modkit_bench
+
+extern "C" int __real_pthread_create(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+extern "C" int __wrap_pthread_create(pthread_t* thread, const pthread_attr_t* attributes, void* (*start)(void*),
+                                     void* argument) {
+  modkit_bench::g_library_threads.fetch_add(1);
+  return __real_pthread_create(thread, attributes, start, argument);
+}

@@ -126,6 +126,11 @@ int raw_drain_and_reap(RawChild& child);
 /// Reads one line from `fd` (blocking); true if it was "ready".
 bool raw_read_ready(int fd);
 
+/// Threads the modkit library has started in this process: bench programs
+/// link with -Wl,--wrap=pthread_create, which reroutes the static library's
+/// calls (not the shared Google Benchmark's or libstdc++'s) through a counter.
+std::uint64_t library_threads_started();
+
 /// Fields of /proc/self/status.
 long proc_status_kib(const char* field);  // e.g. "VmRSS:"
 long proc_thread_count();

@@ -76,6 +76,7 @@ void spawn_modkit(benchmark::State& state, bool large_parent, modkit::Containmen
     }
   }
   std::uint64_t expected = exits.load(std::memory_order_acquire);
+  const std::uint64_t threads_before = library_threads_started();
   for (auto _ : state) {
     auto handle = backend.spawn_instance(config);
     if (!handle) {
@@ -87,6 +88,69 @@ void spawn_modkit(benchmark::State& state, bool large_parent, modkit::Containmen
       state.SkipWithError("exit not observed within 60 s");
       break;
     }
+  }
+  // Counted, not timed: reader threads come from the backend's pool.
+  state.counters["threads_per_spawn"] =
+      state.iterations() ? static_cast<double>(library_threads_started() - threads_before) /
+                               static_cast<double>(state.iterations())
+                         : 0.0;
+}
+
+// BM_SpawnConcurrent/8/<impl>: eight threads each spawning a child and
+// waiting for its exit, on one shared backend for modkit.
+struct SharedBackend {
+  Signal signal;
+  std::shared_ptr<CountingSink> sink = std::make_shared<CountingSink>(signal);
+  modkit::CancellationToken token;
+  std::unique_ptr<modkit::LocalProcessBackend> backend;
+};
+
+SharedBackend& shared_backend() {
+  static SharedBackend* shared = [] {
+    auto* made = new SharedBackend;  // lives until the program ends
+    made->backend = std::make_unique<modkit::LocalProcessBackend>(made->token, made->sink);
+    return made;
+  }();
+  return *shared;
+}
+
+void spawn_concurrent_modkit(benchmark::State& state) {
+  SharedBackend& shared = shared_backend();
+  const auto config = child_config("concurrent", {"exit"});
+  struct Done {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool exited = false;
+  };
+  auto done = std::make_shared<Done>();
+  modkit::InstanceEvents events;
+  events.on_exit = [done](const modkit::InstanceHandle&, const modkit::ExitStatus&) {
+    std::lock_guard<std::mutex> lock(done->mutex);
+    done->exited = true;
+    done->cv.notify_all();
+  };
+  for (auto _ : state) {
+    {
+      std::lock_guard<std::mutex> lock(done->mutex);
+      done->exited = false;
+    }
+    auto handle = shared.backend->start_instance(config, events);
+    if (!handle) {
+      state.SkipWithError(handle.error().message.c_str());
+      break;
+    }
+    std::unique_lock<std::mutex> lock(done->mutex);
+    if (!done->cv.wait_for(lock, std::chrono::seconds(60), [&] { return done->exited; })) {
+      state.SkipWithError("exit not observed within 60 s");
+      break;
+    }
+  }
+}
+
+void spawn_concurrent_posix(benchmark::State& state) {
+  for (auto _ : state) {
+    RawChild child = raw_spawn({"exit"});
+    raw_drain_and_reap(child);
   }
 }
 
@@ -135,7 +199,19 @@ void register_all() {
   }
 }
 
-const bool registered = (register_all(), true);
+void register_concurrent() {
+  for (auto [name, run] : {std::pair{"BM_SpawnConcurrent/8/modkit", spawn_concurrent_modkit},
+                           std::pair{"BM_SpawnConcurrent/8/posix_spawn", spawn_concurrent_posix}}) {
+    benchmark::RegisterBenchmark(name, run)
+        ->Threads(8)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(0.4)
+        ->Repetitions(5);
+  }
+}
+
+const bool registered = (register_all(), register_concurrent(), true);
 
 }  // namespace
 }  // namespace modkit_bench
