@@ -58,7 +58,7 @@ ThreadPool::~ThreadPool() {
 }
 
 Result<void> ThreadPool::run(std::function<void()> job) {
-  std::lock_guard<std::mutex> lock(state_->mutex);
+  std::unique_lock<std::mutex> lock(state_->mutex);
   if (state_->closing) return make_error(std::errc::operation_canceled, "the thread pool is shut down");
   if (!state_->idle.empty()) {
     Worker* worker = state_->idle.back();
@@ -66,6 +66,9 @@ Result<void> ThreadPool::run(std::function<void()> job) {
     worker->job = std::move(job);
     worker->busy = true;
     ++state_->busy;
+    // Woken after the unlock: woken under it, the worker would find the lock
+    // taken and sleep again. A busy worker is never ended, so it is still there.
+    lock.unlock();
     worker->wake.notify_one();
     return {};
   }
