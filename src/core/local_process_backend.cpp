@@ -96,10 +96,14 @@ struct Instance {
   // Whoever sees the exit first acts on it (the monitor, the last reader,
   // or a stop waiting on the process itself); the others do nothing.
   std::atomic<bool> exit_claimed{false};
-  // Registered and watched: before that only the monitor may act on the exit
-  // (a reader that did would finish an instance spawn has yet to list, and
-  // the monitor would then watch a process that may be gone).
-  std::atomic<bool> watched{false};
+  // Registered and watched (kWatched), or given up by a spawn that failed
+  // after its readers started (kNeverWatched). Before that nobody but the
+  // monitor may act on the exit: a reader that did would finish an instance
+  // spawn has yet to list, and the monitor would then watch a process that
+  // may be gone. Changes are announced on the backend's state_changed_.
+  enum WatchState { kNotYetWatched, kWatched, kNeverWatched };
+  std::atomic<int> watch_state{kNotYetWatched};
+  bool watched() const { return watch_state.load() == kWatched; }
   // Readers past the end of their stream, and what the monitor saw while one
   // was (the exit, the group emptying), left to it: the same event wakes
   // both, and the reader, free to run host code, reports the exit at once.
@@ -229,6 +233,11 @@ class LocalProcessBackend::Impl : public std::enable_shared_from_this<Impl> {
   void notify() {
     std::lock_guard<std::mutex> lock(state_mutex_);
     ++generation_;
+    state_changed_.notify_all();
+  }
+  void settle_watch(Instance& instance, Instance::WatchState state) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    instance.watch_state.store(state);
     state_changed_.notify_all();
   }
   void unlist(const Instance& instance) {
@@ -585,6 +594,7 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
     }
   }
   if (closed) {
+    settle_watch(*instance, Instance::kNeverWatched);
     abandon_unregistered(instance);
     return cancelled_error(config.name);
   }
@@ -621,12 +631,13 @@ Result<InstancePtr> LocalProcessBackend::Impl::start_child(const OopModuleConfig
       std::lock_guard<std::mutex> state(state_mutex_);
       unjoined_.erase(std::remove(unjoined_.begin(), unjoined_.end(), instance), unjoined_.end());
     }
+    settle_watch(*instance, Instance::kNeverWatched);
     abandon_unregistered(instance);
     Error error = std::move(watched).error();
     error.message = "module '" + config.name + "': " + error.message;
     return error;
   }
-  instance->watched.store(true);
+  settle_watch(*instance, Instance::kWatched);
   if (instance->readiness) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     wake_supervisor_locked();  // it times the readiness from now on
@@ -794,7 +805,15 @@ void LocalProcessBackend::Impl::read_stream(const InstancePtr& instance, int ind
   // readiness: the monitor reads the notifications written before the exit
   // first (a READY=1 just before exiting still counts).
   bool exited = false, emptied = false;
-  if (!instance->readiness && instance->watched.load() && instance->lifecycle.streams_closed() &&
+  // A module that exits at once (a few hundred microseconds after its exec)
+  // can end before spawn_instance has watched it: wait for that, briefly.
+  if (!instance->readiness && instance->lifecycle.streams_closed() &&
+      instance->watch_state.load() == Instance::kNotYetWatched) {
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    state_changed_.wait_for(lock, kExitAfterOutputWait,
+                            [&] { return instance->watch_state.load() != Instance::kNotYetWatched; });
+  }
+  if (!instance->readiness && instance->watched() && instance->lifecycle.streams_closed() &&
       !instance->lifecycle.status()) {
     const auto until = Clock::now() + kExitAfterOutputWait;
     const bool claimed = instance->exit_claimed.load();  // by the monitor, before this reader got here
@@ -873,7 +892,7 @@ void LocalProcessBackend::Impl::stop_group(const std::vector<InstancePtr>& group
     // and act on its exit here, rather than for the monitor to wake and hand
     // it over (a thread wake-up the raw kill+waitpid does not pay). Not on
     // the supervisor, which must stay free to deliver records.
-    if (group.size() == 1 && !tls_on_supervisor && !group[0]->readiness && group[0]->watched.load() &&
+    if (group.size() == 1 && !tls_on_supervisor && !group[0]->readiness && group[0]->watched() &&
         !group[0]->exit_claimed.load() &&
         group[0]->process->exit_waitable()) {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
