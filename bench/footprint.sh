@@ -56,6 +56,7 @@ done
 
 if [[ -n ${FOOTPRINT_TOP:-} ]]; then
   echo "largest symbols of the modkit host (bytes, unstripped):"
-  nm --size-sort -C -S "$work/host_modkit.unstripped" | tail -n "$FOOTPRINT_TOP" \
-    | awk '{ printf "  %8d %s", strtonum("0x" $2), $3; for (i = 4; i <= NF; ++i) printf " %s", $i; print "" }'
+  # -t d: decimal sizes, so that any awk will do (mawk has no strtonum).
+  nm --size-sort -C -S -t d "$work/host_modkit.unstripped" | tail -n "$FOOTPRINT_TOP" \
+    | awk '{ printf "  %8d %s", $2 + 0, $3; for (i = 4; i <= NF; ++i) printf " %s", $i; print "" }'
 fi
