@@ -14,7 +14,9 @@
 # but a compiler is needed, and only a build failure is an error.
 #
 # Environment: CXX (default c++), FOOTPRINT_TARGET_KIB (default 150),
-# FOOTPRINT_TOP=N to list the N largest symbols of the modkit host.
+# FOOTPRINT_TOP=N to list the N largest symbols of the modkit host,
+# FOOTPRINT_CXXFLAGS: more flags for the library and both hosts alike (e.g.
+# "-fno-exceptions -fno-rtti"; the figure of record uses none).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,10 +24,11 @@ work=${1:-$root/build-footprint}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 cxx=${CXX:-c++}
-flags=(-std=c++17 -Os -ffunction-sections -fdata-sections -pthread)
+read -r -a extra <<<"${FOOTPRINT_CXXFLAGS:-}"
+flags=(-std=c++17 -Os -ffunction-sections -fdata-sections -pthread "${extra[@]}")
 target_kib=${FOOTPRINT_TARGET_KIB:-150}
 
-make -C "$root" --no-print-directory -j2 lib OUT="$work/lib" CXXFLAGS="-Os -ffunction-sections -fdata-sections" >/dev/null
+make -C "$root" --no-print-directory -j2 lib OUT="$work/lib" CXXFLAGS="-Os -ffunction-sections -fdata-sections ${extra[*]}" >/dev/null
 
 build_host() {  # name, extra arguments
   local name=$1
@@ -56,6 +59,7 @@ done
 
 if [[ -n ${FOOTPRINT_TOP:-} ]]; then
   echo "largest symbols of the modkit host (bytes, unstripped):"
-  nm --size-sort -C -S "$work/host_modkit.unstripped" | tail -n "$FOOTPRINT_TOP" \
-    | awk '{ printf "  %8d %s", strtonum("0x" $2), $3; for (i = 4; i <= NF; ++i) printf " %s", $i; print "" }'
+  # -t d: decimal sizes, so that any awk will do (mawk has no strtonum).
+  nm --size-sort -C -S -t d "$work/host_modkit.unstripped" | tail -n "$FOOTPRINT_TOP" \
+    | awk '{ printf "  %8d %s", $2 + 0, $3; for (i = 4; i <= NF; ++i) printf " %s", $i; print "" }'
 fi

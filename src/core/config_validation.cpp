@@ -1,5 +1,7 @@
 #include "core/config_validation.hpp"
 
+#include "core/text.hpp"
+
 #include <optional>
 #include <string>
 
@@ -8,9 +10,13 @@ namespace {
 
 bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
 
-Error invalid(const OopModuleConfig& config, const std::string& what) {
-  return make_error(std::errc::invalid_argument, "module '" + config.name + "': " + what);
+Error invalid(const OopModuleConfig& config, std::initializer_list<std::string_view> what) {
+  std::string text = core::concat({"module '", config.name, "': "});
+  core::append(text, what);
+  return make_error(std::errc::invalid_argument, std::move(text));
 }
+
+Error invalid(const OopModuleConfig& config, std::string_view what) { return invalid(config, {what}); }
 
 // Values no module could run under, or that the kernel reads as "no change",
 // are refused here, the same on every platform; what a platform cannot
@@ -34,8 +40,10 @@ std::optional<Error> check_limits(const OopModuleConfig& config) {
                              Bytes{"data_size", limits.data_size, 16 * kMiB}, Bytes{"file_size", limits.file_size, 0},
                              Bytes{"core_size", limits.core_size, 0}}) {
     if (bytes.value && (*bytes.value < bytes.smallest || *bytes.value > kLargest)) {
-      std::string floor = bytes.smallest == 0 ? "" : "at least " + std::to_string(bytes.smallest / kMiB) + " MiB and ";
-      return invalid(config, std::string("limits.") + bytes.field + " must be " + floor + "at most 2^62 bytes");
+      const bool floor = bytes.smallest != 0;
+      const core::Decimal mib(bytes.smallest / kMiB);
+      return invalid(config, {"limits.", bytes.field, " must be ", floor ? "at least " : "",
+                              floor ? std::string_view(mib) : "", floor ? " MiB and " : "", "at most 2^62 bytes"});
     }
   }
   if (limits.cpu_percent && (*limits.cpu_percent < 1 || *limits.cpu_percent > 100000)) {
@@ -89,8 +97,8 @@ std::optional<Error> check_privileges(const OopModuleConfig& config) {
 
 Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
   if (config.backend != BackendKind::LocalProcess) {
-    return make_error(std::errc::invalid_argument, "LocalProcessBackend can only spawn LocalProcess instances, got " +
-                                                       std::string(to_string(config.backend)));
+    return core::error_of(std::errc::invalid_argument,
+                          {"LocalProcessBackend can only spawn LocalProcess instances, got ", to_string(config.backend)});
   }
   if (config.name.empty()) return make_error(std::errc::invalid_argument, "module name must not be empty");
   if (has_nul(config.name)) return make_error(std::errc::invalid_argument, "module name contains a NUL byte");
@@ -99,16 +107,16 @@ Result<platform::SpawnRequest> validate_config(const OopModuleConfig& config) {
   }
   if (has_nul(*config.binary)) return invalid(config, "binary path contains a NUL byte");
   for (std::size_t i = 0; i < config.args.size(); ++i) {
-    if (has_nul(config.args[i])) return invalid(config, "argument " + std::to_string(i + 1) + " contains a NUL byte");
+    if (has_nul(config.args[i])) return invalid(config, {"argument ", core::Decimal(i + 1), " contains a NUL byte"});
   }
   platform::SpawnRequest request;
   for (const auto& [key, value] : config.env) {
     if (key.empty()) return invalid(config, "environment variable with an empty name");
     if (key.find('=') != std::string::npos) {
-      return invalid(config, "environment variable name '" + key + "' contains '='");
+      return invalid(config, {"environment variable name '", key, "' contains '='"});
     }
     if (has_nul(key)) return invalid(config, "environment variable name contains a NUL byte");
-    if (has_nul(value)) return invalid(config, "value of environment variable '" + key + "' contains a NUL byte");
+    if (has_nul(value)) return invalid(config, {"value of environment variable '", key, "' contains a NUL byte"});
     request.env.emplace_back(key, value);
   }
   if (config.working_directory) {

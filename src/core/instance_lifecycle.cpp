@@ -2,13 +2,9 @@
 
 #include <algorithm>
 
+#include "core/text.hpp"
+
 namespace modkit::core {
-namespace {
-
-std::string milliseconds_text(std::chrono::milliseconds duration) { return std::to_string(duration.count()) + " ms"; }
-
-}  // namespace
-
 std::string_view to_string(Phase phase) {
   switch (phase) {
     case Phase::Running: return "running";
@@ -105,9 +101,9 @@ LifecycleEffects InstanceLifecycle::exit_signalled(Clock::time_point now) {
   if (!exit_) return effects;  // not waitable yet (nothing changed): the monitor signals again
   if (exit_->kind == ExitStatus::Kind::Unknown) {
     effects.records.push_back(
-        {LogLevel::Warn, "exit status lost: pid " + std::to_string(process_.pid()) +
-                             " was reaped by someone else (a SIGCHLD handler calling waitpid(-1), or SIGCHLD "
-                             "ignored); see the README's Gotchas"});
+        {LogLevel::Warn, concat({"exit status lost: pid ", Decimal(process_.pid()),
+                                 " was reaped by someone else (a SIGCHLD handler calling waitpid(-1), or SIGCHLD "
+                                 "ignored); see the README's Gotchas"})});
   }
   exit_->forced = killed_;
   stop_error_.reset();
@@ -170,9 +166,9 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
       break;
     case Phase::Killed:
       if (now >= kill_deadline_ && !stop_error_) {
-        stop_error_ = make_error(std::errc::timed_out, "pid " + std::to_string(process_.pid()) +
-                                                           " was killed but has not exited after " +
-                                                           milliseconds_text(timings_.kill_timeout));
+        stop_error_ = error_of(std::errc::timed_out, {"pid ", Decimal(process_.pid()),
+                                                      " was killed but has not exited after ",
+                                                      Decimal(timings_.kill_timeout.count()), " ms"});
         effects.records.push_back({LogLevel::Error, stop_error_->message});
       }
       break;
@@ -198,20 +194,13 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
         (void)process_.kill_tree();
         int holders = process_.kill_output_holders();
         bool sink_late = sink_late_locked();
-        std::string waited =
-            milliseconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(now - exit_time_)) +
-            " after the exit";
-        std::string text;
-        if (sink_late) {
-          text = "a sink call is late: output not drained " + waited;
-        } else if (!streams_closed_locked()) {
-          text = "output still open " + waited;
-        } else {
-          text = "processes of the instance still running " + waited;
-        }
-        text += "; killed what is left of the process group";
-        if (left) text += " (" + std::to_string(*left) + " process(es) in its group)";
-        if (holders > 0) text += " and " + std::to_string(holders) + " process(es) outside it holding the output";
+        const Decimal waited(std::chrono::duration_cast<std::chrono::milliseconds>(now - exit_time_).count());
+        std::string text = concat({sink_late                   ? "a sink call is late: output not drained "
+                                   : !streams_closed_locked() ? "output still open "
+                                                              : "processes of the instance still running ",
+                                   waited, " ms after the exit; killed what is left of the process group"});
+        if (left) append(text, {" (", Decimal(*left), " process(es) in its group)"});
+        if (holders > 0) append(text, {" and ", Decimal(holders), " process(es) outside it holding the output"});
         effects.records.push_back({LogLevel::Warn, std::move(text)});
       } else if (leftovers_killed_ && now >= abandon_deadline_) {
         std::string text;
@@ -221,8 +210,7 @@ LifecycleEffects InstanceLifecycle::tick(Clock::time_point now) {
           text = "output still held open by a process modkit cannot kill: stopped reading";
         } else {
           auto left = process_.process_count();
-          text = std::to_string(left.value_or(0)) +
-                 " process(es) of the instance did not end after being killed: left running";
+          text = concat({Decimal(left.value_or(0)), " process(es) of the instance did not end after being killed: left running"});
         }
         effects.records.push_back({LogLevel::Warn, std::move(text)});
         effects.interrupt_readers = true;

@@ -1,5 +1,7 @@
 #include "core/readiness_tracker.hpp"
 
+#include "core/text.hpp"
+
 namespace modkit::core {
 
 ReadinessTracker::ReadinessTracker(const Readiness& config, Clock::time_point started)
@@ -144,10 +146,10 @@ ReadinessTracker::Effects ReadinessTracker::tick(Clock::time_point now) {
     fail_locked(ExitStatus::Reason::NotReady, "closed its notification descriptor before it was ready", effects);
   } else if (state_ == ReadyState::Waiting) {
     fail_locked(ExitStatus::Reason::ReadinessTimeout,
-                "not ready within " + std::to_string(config_.timeout.count()) + " ms", effects);
+                concat({"not ready within ", Decimal(config_.timeout.count()), " ms"}), effects);
   } else if (state_ == ReadyState::Ready) {
     fail_locked(ExitStatus::Reason::WatchdogTimeout,
-                "no watchdog ping within " + std::to_string(config_.watchdog.count()) + " ms", effects);
+                concat({"no watchdog ping within ", Decimal(config_.watchdog.count()), " ms"}), effects);
   }
   return effects;
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/text.hpp"
 #include "platform/system.hpp"
 #include "posix/pidfd.hpp"
 
@@ -104,10 +105,10 @@ std::vector<pid_t> all_pids(int directory) {
 
 Result<std::unique_ptr<CgroupCell>> CgroupCell::create(int parent_fd, const std::string& parent,
                                                        const std::string& name) {
-  std::string path = parent + "/" + name;
-  auto fail = [&](const std::string& what) -> Error {
+  std::string path = core::concat({parent, "/", name});
+  auto fail = [&](std::string_view what) -> Error {
     std::error_code code = platform::last_error();
-    return Error{code, what + " cgroup '" + path + "': " + code.message()};
+    return Error{code, core::concat({what, " cgroup '", path, "': ", code.message()})};
   };
   if (mkdirat(parent_fd, name.c_str(), 0755) != 0) return fail("cannot create the");
   UniqueFd directory(openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));

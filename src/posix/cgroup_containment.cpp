@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/text.hpp"
 #include "platform/system.hpp"
 #include "posix/cgroup_limits.hpp"
 #include "posix/unique_fd.hpp"
@@ -54,7 +55,7 @@ std::string unescape_mount_path(std::string_view field) {
 // Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it
 // names a process for good, as a pid alone is reused.
 std::string start_time(long pid) {
-  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat = read_file(core::concat({"/proc/", core::Decimal(pid), "/stat"}));
   std::size_t paren = stat.rfind(')');
   if (paren == std::string::npos) return "0";
   auto fields = split(std::string_view(stat).substr(paren + 2), ' ');
@@ -73,13 +74,13 @@ bool is_cgroup2_directory(const std::string& path) {
 // new directory is "domain invalid" and no process may enter it. The root
 // has no cgroup.type and is a domain.
 std::string cgroup_type(const std::string& directory) {
-  std::string type = read_file(directory + "/cgroup.type");
+  std::string type = read_file(core::concat({directory, "/cgroup.type"}));
   while (!type.empty() && type.back() == '\n') type.pop_back();
   return type.empty() ? "domain" : type;
 }
 
 bool writable(const std::string& directory) {
-  return access(directory.c_str(), W_OK) == 0 && access((directory + "/cgroup.procs").c_str(), W_OK) == 0;
+  return access(directory.c_str(), W_OK) == 0 && access(core::concat({directory, "/cgroup.procs"}).c_str(), W_OK) == 0;
 }
 
 // "modkit-<pid>-<start>-<n>", all three numbers: what make_locked_directory
@@ -108,19 +109,19 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   int removed = 0;
   while (dirent* entry = readdir(listing)) {
     if (entry->d_type != DT_DIR || !is_backend_directory_name(entry->d_name)) continue;
-    std::string directory = parent + "/" + entry->d_name;
+    std::string directory = core::concat({parent, "/", entry->d_name});
     UniqueFd lock(open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!lock || flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use (or gone)
     if (DIR* cells = opendir(directory.c_str())) {
       while (dirent* cell = readdir(cells)) {
         if (cell->d_type != DT_DIR || cell->d_name[0] == '.') continue;
-        std::string path = directory + "/" + cell->d_name;
+        std::string path = core::concat({directory, "/", cell->d_name});
         if (cgroup_populated(path)) {
           // Not even the empty cgroups inside it are touched.
-          notes.push_back("cgroup '" + path + "' of a backend that has ended still holds " +
-                          std::to_string(cgroup_process_count(path)) +
-                          " process(es); modkit leaves it alone (it did not start them). To end them: write 1 to "
-                          "its cgroup.kill, then remove the directory");
+          notes.push_back(core::concat({"cgroup '", path, "' of a backend that has ended still holds ",
+                                        core::Decimal(cgroup_process_count(path)),
+                                        " process(es); modkit leaves it alone (it did not start them). To end "
+                                        "them: write 1 to its cgroup.kill, then remove the directory"}));
         } else if (remove_cgroup_tree(path)) {
           ++removed;
         }
@@ -131,8 +132,9 @@ void remove_stale(const std::string& parent, std::vector<std::string>& notes) {
   }
   closedir(listing);
   if (removed > 0) {
-    notes.push_back("removed " + std::to_string(removed) + " empty cgroup(s) (with what was inside them) left in '" +
-                    parent + "' by backends that have ended");
+    notes.push_back(core::concat({"removed ", core::Decimal(removed),
+                                  " empty cgroup(s) (with what was inside them) left in '", parent,
+                                  "' by backends that have ended"}));
   }
 }
 
@@ -143,8 +145,8 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
   static std::atomic<unsigned> backends{0};
   std::error_code code = std::make_error_code(std::errc::resource_unavailable_try_again);
   for (int attempt = 0; attempt < 16; ++attempt) {
-    directory = parent + "/modkit-" + std::to_string(getpid()) + "-" + start_time(getpid()) + "-" +
-                std::to_string(backends.fetch_add(1) + 1);
+    directory = core::concat({parent, "/modkit-", core::Decimal(getpid()), "-", start_time(getpid()), "-",
+                              core::Decimal(backends.fetch_add(1) + 1)});
     if (mkdir(directory.c_str(), 0755) != 0) {
       code = platform::last_error();
       if (code == std::errc::file_exists) continue;
@@ -169,8 +171,8 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
       // Bounds how deep a module may nest cgroups in its own, so every walk
       // of an instance's cgroups sees all of them (best effort).
       UniqueFd depth(openat(lock.get(), "cgroup.max.depth", O_WRONLY | O_CLOEXEC));
-      std::string limit = std::to_string(kMaxCgroupDepth + 1);
-      if (depth) (void)!write(depth.get(), limit.data(), limit.size());
+      const core::Decimal limit(kMaxCgroupDepth + 1);
+      if (depth) (void)!write(depth.get(), std::string_view(limit).data(), std::string_view(limit).size());
       // Whatever of memory, cpu, pids cgroup_parent delegates reaches every
       // cell; one not enabled is reported by the limit that needs it.
       (void)enable_limit_controllers(lock.get());
@@ -178,7 +180,7 @@ Result<UniqueFd> make_locked_directory(const std::string& parent, std::string& d
     }
     code = std::make_error_code(std::errc::resource_unavailable_try_again);
   }
-  return Error{code, "cannot create cgroup '" + directory + "': " + code.message()};
+  return Error{code, core::concat({"cannot create cgroup '", directory, "': ", code.message()})};
 }
 
 }  // namespace
@@ -252,28 +254,27 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
       std::free(resolved);
     }
     if (resolved == nullptr || !posix::is_cgroup2_directory(parent)) {
-      return Error{std::make_error_code(std::errc::invalid_argument),
-                   "cgroup_parent '" + options.cgroup_parent +
-                                          "' is not a directory of a mounted cgroup v2 hierarchy"};
+      return core::error_of(std::errc::invalid_argument, {"cgroup_parent '", options.cgroup_parent,
+                                                          "' is not a directory of a mounted cgroup v2 hierarchy"});
     }
     std::string type = posix::cgroup_type(parent);
     if (type != "domain") {
-      return Error{std::make_error_code(std::errc::invalid_argument),
-                   "cgroup_parent '" + options.cgroup_parent + "' is a '" + type +
-                                          "' cgroup: processes can only be put in cgroups below a 'domain' one"};
+      return core::error_of(std::errc::invalid_argument,
+                            {"cgroup_parent '", options.cgroup_parent, "' is a '", type,
+                             "' cgroup: processes can only be put in cgroups below a 'domain' one"});
     }
   } else {
     errno = 0;
     parent = posix::own_cgroup_directory();
     if (parent.empty() && errno != 0 && errno != ENOENT) {
-      why_not = "cannot read /proc/self/cgroup or /proc/self/mountinfo: " + last_error().message();
+      why_not = core::concat({"cannot read /proc/self/cgroup or /proc/self/mountinfo: ", last_error().message()});
     } else if (parent.empty()) {
       why_not = "no cgroup v2 hierarchy holds this process (none mounted, or cgroup v1 only)";
     } else if (!posix::writable(parent)) {
-      why_not = "the host's cgroup '" + parent + "' is not writable by this process";
+      why_not = core::concat({"the host's cgroup '", parent, "' is not writable by this process"});
       parent.clear();
     } else if (std::string type = posix::cgroup_type(parent); type != "domain") {
-      why_not = "the host's cgroup '" + parent + "' is a '" + type + "' cgroup, below which no process can be put";
+      why_not = core::concat({"the host's cgroup '", parent, "' is a '", type, "' cgroup, below which no process can be put"});
       parent.clear();
     }
   }
@@ -293,12 +294,11 @@ Result<std::unique_ptr<Containment>> open_containment(const LocalProcessOptions&
   }
   if (directory.empty()) {
     if (options.containment == modkit::Containment::Required) {
-      return Error{std::make_error_code(std::errc::operation_not_supported),
-                   "containment is required but unavailable: " + why_not};
+      return core::error_of(std::errc::operation_not_supported, {"containment is required but unavailable: ", why_not});
     }
-    notes.push_back("instances are not contained: " + why_not +
-                    "; a descendant that leaves its process group can outlive a stop (see the README's "
-                    "Containment section; set LocalProcessOptions::cgroup_parent)");
+    notes.push_back(core::concat({"instances are not contained: ", why_not,
+                                  "; a descendant that leaves its process group can outlive a stop (see the README's "
+                                  "Containment section; set LocalProcessOptions::cgroup_parent)"}));
     return inactive();
   }
   return std::unique_ptr<Containment>(std::make_unique<CgroupContainment>(std::move(directory), std::move(lock)));

@@ -8,6 +8,7 @@
 #include <limits>
 #include <string_view>
 
+#include "core/text.hpp"
 #include "platform/system.hpp"
 #include "posix/cgroup.hpp"
 #include "posix/unique_fd.hpp"
@@ -69,7 +70,7 @@ std::optional<std::chrono::microseconds> microseconds(std::optional<std::uint64_
 
 // One write(2) with the whole value: a cgroup file parses each write on its
 // own, so a value cut in two would be two (wrong) values.
-bool write_whole(int fd, const std::string& value) {
+bool write_whole(int fd, std::string_view value) {
   ssize_t written;
   do {
     written = write(fd, value.data(), value.size());
@@ -79,12 +80,12 @@ bool write_whole(int fd, const std::string& value) {
 }
 
 Result<void> set_file(int cell_fd, const std::string& cell_path, const char* field, const char* file,
-                      const std::string& value) {
+                      std::string_view value) {
   UniqueFd fd(openat(cell_fd, file, O_WRONLY | O_CLOEXEC));
   if (fd && write_whole(fd.get(), value)) return {};
   std::error_code code = platform::last_error();
-  return Error{code, std::string("limits.") + field + ": cannot write '" + value + "' to '" + cell_path + "/" + file +
-                         "': " + code.message()};
+  return Error{code, core::concat({"limits.", field, ": cannot write '", value, "' to '", cell_path, "/", file, "': ",
+                                   code.message()})};
 }
 
 struct GroupField {
@@ -116,16 +117,16 @@ std::vector<std::string> unenforceable_cgroup_limits(int cell_fd, const std::str
   if (controllers.empty() && errno != 0) unreadable = platform::last_error().message();
   for (const auto& field : fields) {
     if (!field.set) continue;
-    std::string entry = std::string("limits.") + field.name + " (";
+    std::string entry = core::concat({"limits.", field.name, " ("});
     if (!unreadable.empty()) {
-      entry += "cannot read '" + cell_path + "/cgroup.controllers' to see whether the " + field.controller +
-               " controller is enabled: " + unreadable + ")";
+      core::append(entry, {"cannot read '", cell_path, "/cgroup.controllers' to see whether the ", field.controller,
+                           " controller is enabled: ", unreadable, ")"});
     } else if (!lists_word(controllers, field.controller)) {
       // The cell gets what its parent (the backend's directory) enables, and
       // that directory can enable only what cgroup_parent enables for it.
-      entry += std::string("the ") + field.controller + " controller is not enabled for cgroup '" + cell_path +
-               "': delegate it to cgroup_parent, i.e. enable it in the cgroup.subtree_control of cgroup_parent and "
-               "of every cgroup above it)";
+      core::append(entry, {"the ", field.controller, " controller is not enabled for cgroup '", cell_path,
+                           "': delegate it to cgroup_parent, i.e. enable it in the cgroup.subtree_control of "
+                           "cgroup_parent and of every cgroup above it)"});
     } else {
       continue;
     }
@@ -136,7 +137,7 @@ std::vector<std::string> unenforceable_cgroup_limits(int cell_fd, const std::str
 
 Result<void> write_cgroup_limits(int cell_fd, const std::string& cell_path, const ResourceLimits& limits) {
   if (limits.memory_max) {
-    if (auto written = set_file(cell_fd, cell_path, "memory_max", "memory.max", std::to_string(*limits.memory_max));
+    if (auto written = set_file(cell_fd, cell_path, "memory_max", "memory.max", core::Decimal(*limits.memory_max));
         !written) {
       return written;
     }
@@ -145,7 +146,7 @@ Result<void> write_cgroup_limits(int cell_fd, const std::string& cell_path, cons
     if (auto written = set_file(cell_fd, cell_path, "memory_max", "memory.oom.group", "1"); !written) return written;
   }
   if (limits.memory_high) {
-    if (auto written = set_file(cell_fd, cell_path, "memory_high", "memory.high", std::to_string(*limits.memory_high));
+    if (auto written = set_file(cell_fd, cell_path, "memory_high", "memory.high", core::Decimal(*limits.memory_high));
         !written) {
       return written;
     }
@@ -153,14 +154,14 @@ Result<void> write_cgroup_limits(int cell_fd, const std::string& cell_path, cons
   if (limits.cpu_percent) {
     // Percent of one CPU: quota per 100 ms period, in microseconds.
     std::uint64_t quota = static_cast<std::uint64_t>(*limits.cpu_percent) * 1000;
-    if (auto written = set_file(cell_fd, cell_path, "cpu_percent", "cpu.max", std::to_string(quota) + " 100000");
+    if (auto written = set_file(cell_fd, cell_path, "cpu_percent", "cpu.max", core::concat({core::Decimal(quota), " 100000"}));
         !written) {
       return written;
     }
   }
   if (limits.max_processes) {
     if (auto written =
-            set_file(cell_fd, cell_path, "max_processes", "pids.max", std::to_string(*limits.max_processes));
+            set_file(cell_fd, cell_path, "max_processes", "pids.max", core::Decimal(*limits.max_processes));
         !written) {
       return written;
     }

@@ -33,6 +33,7 @@
 #include "platform/system.hpp"
 #include "posix/cgroup_containment.hpp"
 #include "posix/cgroup_limits.hpp"
+#include "core/text.hpp"
 #include "posix/environment.hpp"
 #include "posix/pidfd.hpp"
 #include "posix/pipe_holders.hpp"
@@ -422,9 +423,23 @@ CloneFunction libc_clone() {
 #endif
 }
 
-Error spawn_error(const SpawnRequest& request, const std::string& what, int error) {
+// Out of line and with the pieces unjoined: spawn has many error returns,
+// and each is then one call rather than a chain of string temporaries.
+Error module_error(std::error_code code, const std::string& module, std::initializer_list<std::string_view> what) {
+  std::string text = core::concat({"module '", module, "': "});
+  core::append(text, what);
+  return Error{code, std::move(text)};
+}
+
+Error spawn_error(const SpawnRequest& request, std::initializer_list<std::string_view> what, int error) {
   std::error_code code(error, std::generic_category());
-  return Error{code, "module '" + request.module + "': " + what + ": " + code.message()};
+  Error result = module_error(code, request.module, what);
+  core::append(result.message, {": ", code.message()});
+  return result;
+}
+
+Error spawn_error(const SpawnRequest& request, std::string_view what, int error) {
+  return spawn_error(request, {what}, error);
 }
 
 // Moves a descriptor to >= 3 (keeping O_CLOEXEC), so that dup3 onto 0..2 in
@@ -472,18 +487,18 @@ Result<std::string> resolve_binary(const SpawnRequest& request, const std::vecto
     if (colon == std::string_view::npos) break;
     rest.remove_prefix(colon + 1);
   }
-  return Error{std::make_error_code(std::errc::no_such_file_or_directory),
-               "module '" + request.module + "': '" + request.binary + "' not found on PATH (" + search + ")"};
+  return module_error(std::make_error_code(std::errc::no_such_file_or_directory), request.module,
+                      {"'", request.binary, "' not found on PATH (", search, ")"});
 }
 
 Result<void> check_working_directory(const SpawnRequest& request) {
   if (!request.working_directory) return {};
   struct stat info;
   if (stat(request.working_directory->c_str(), &info) != 0) {
-    return spawn_error(request, "working directory '" + *request.working_directory + "' is not usable", errno);
+    return spawn_error(request, {"working directory '", *request.working_directory, "' is not usable"}, errno);
   }
   if (!S_ISDIR(info.st_mode)) {
-    return spawn_error(request, "working directory '" + *request.working_directory + "' is not a directory", ENOTDIR);
+    return spawn_error(request, {"working directory '", *request.working_directory, "' is not a directory"}, ENOTDIR);
   }
   return {};
 }
@@ -562,16 +577,17 @@ Result<void> settle_group_limits(const SpawnRequest& request, const posix::Cgrou
     missing.insert(missing.end(), group.begin(), group.end());
   } else {
     const char* why = " (no cgroup for this instance: see Containment)";
-    if (limits.memory_max) missing.push_back(std::string("limits.memory_max") + why);
-    if (limits.memory_high) missing.push_back(std::string("limits.memory_high") + why);
-    if (limits.cpu_percent) missing.push_back(std::string("limits.cpu_percent") + why);
-    if (limits.max_processes) missing.push_back(std::string("limits.max_processes") + why);
+    if (limits.memory_max) missing.push_back(core::concat({"limits.memory_max", why}));
+    if (limits.memory_high) missing.push_back(core::concat({"limits.memory_high", why}));
+    if (limits.cpu_percent) missing.push_back(core::concat({"limits.cpu_percent", why}));
+    if (limits.max_processes) missing.push_back(core::concat({"limits.max_processes", why}));
   }
   if (missing.empty()) return {};
   if (limits.enforcement == ResourceLimits::Enforcement::Required) {
-    std::string text = "module '" + request.module + "': cannot enforce ";
-    for (std::size_t i = 0; i < missing.size(); ++i) text += (i ? "; " : "") + missing[i];
-    return make_error(std::errc::not_supported, text + " (limits.enforcement is Required)");
+    Error error = module_error(std::make_error_code(std::errc::not_supported), request.module, {"cannot enforce "});
+    for (std::size_t i = 0; i < missing.size(); ++i) core::append(error.message, {i ? "; " : "", missing[i]});
+    error.message += " (limits.enforcement is Required)";
+    return error;
   }
   for (const auto& entry : missing) {
     if (entry.rfind("limits.memory_max", 0) == 0) limits.memory_max.reset();
@@ -612,10 +628,10 @@ Result<void> check_parent_death(const SpawnRequest& request, const std::string& 
   bool raises = stat(path.c_str(), &info) == 0 && (info.st_mode & (S_ISUID | S_ISGID)) != 0;
   raises = raises || getxattr(path.c_str(), "security.capability", nullptr, 0) > 0;
   if (!raises) return {};
-  return make_error(std::errc::invalid_argument,
-                    "module '" + request.module + "': privileges.die_with_host cannot hold for '" + path +
-                        "', which is set-user-id, set-group-id or has file capabilities (the kernel clears the "
-                        "parent-death signal when it runs): set privileges.no_new_privileges too");
+  return module_error(std::make_error_code(std::errc::invalid_argument), request.module,
+                      {"privileges.die_with_host cannot hold for '", path,
+                       "', which is set-user-id, set-group-id or has file capabilities (the kernel clears the "
+                       "parent-death signal when it runs): set privileges.no_new_privileges too"});
 }
 
 std::string describe_child_failure(const SpawnRequest& request, const ChildFailure& report,
@@ -640,9 +656,9 @@ std::string describe_child_failure(const SpawnRequest& request, const ChildFailu
       return text;
     }
     case ChildStage::GroupId:
-      return "cannot switch to group id " + std::to_string(privileges.group.value_or(0)) + " (privileges.group)";
+      return core::concat({"cannot switch to group id ", core::Decimal(privileges.group.value_or(0)), " (privileges.group)"});
     case ChildStage::UserId:
-      return "cannot switch to user id " + std::to_string(privileges.user.value_or(0)) + " (privileges.user)";
+      return core::concat({"cannot switch to user id ", core::Decimal(privileges.user.value_or(0)), " (privileges.user)"});
     case ChildStage::IdentityCheck: return "the identity change did not hold (privileges.user, privileges.group)";
     case ChildStage::NoNewPrivileges: return "cannot set no_new_privs (privileges.no_new_privileges)";
     case ChildStage::ParentDeathSignal: return "cannot set the parent-death signal (privileges.die_with_host)";
@@ -826,9 +842,10 @@ class PosixProcess final : public Process {
     // Nobody there at all (an empty group, the leader gone): nothing to stop.
     if (group_error == ESRCH && leader_error == ESRCH) return {};
     int error = group_error == EPERM || leader_error == EPERM ? EPERM : group_error;
-    return Error{std::make_error_code(error == EPERM ? std::errc::operation_not_permitted : std::errc::io_error),
-                 "module '" + module_ + "': cannot signal pid " + std::to_string(pid_) + " (process group " +
-                     std::to_string(pid_) + "): " + std::generic_category().message(error)};
+    const core::Decimal pid(pid_);
+    return module_error(std::make_error_code(error == EPERM ? std::errc::operation_not_permitted : std::errc::io_error),
+                        module_, {"cannot signal pid ", pid, " (process group ", pid, "): ",
+                                  std::generic_category().message(error)});
   }
 
   // waitid on our child, through P_PIDFD (Linux 5.4) where we can: should
@@ -850,7 +867,7 @@ class PosixProcess final : public Process {
   // Fields 14 and 15 of /proc/<pid>/stat: the process's own user and system
   // time, without its children's. Unreaped, the pid is still the module's.
   std::optional<std::chrono::microseconds> zombie_cpu_time() const {
-    std::string stat = posix::read_text(AT_FDCWD, ("/proc/" + std::to_string(pid_) + "/stat").c_str());
+    std::string stat = posix::read_text(AT_FDCWD, core::concat({"/proc/", core::Decimal(pid_), "/stat"}).c_str());
     std::size_t paren = stat.rfind(')');
     if (paren == std::string::npos) return std::nullopt;
     std::vector<long long> fields;
@@ -1038,8 +1055,7 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     auto made = static_cast<posix::CgroupContainment*>(request.containment)->create_cell(request.instance_id);
     if (!made) {
       Error error = std::move(made).error();
-      error.message = "module '" + request.module + "': " + error.message;
-      return error;
+      return module_error(error.code, request.module, {error.message});
     }
     cell = std::move(*made);
   }
@@ -1053,14 +1069,12 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     // A child entering a frozen cgroup (its parent was frozen) stops at once,
     // and the clone, which waits for its exec, would never return.
     if (cell->frozen()) {
-      return make_error(std::errc::resource_unavailable_try_again,
-                        "module '" + request.module + "': cgroup '" + cell->path() +
-                            "' is frozen (a parent of it was frozen): nothing could run in it");
+      return module_error(std::make_error_code(std::errc::resource_unavailable_try_again), request.module,
+                          {"cgroup '", cell->path(), "' is frozen (a parent of it was frozen): nothing could run in it"});
     }
     if (auto written = posix::write_cgroup_limits(cell->directory_fd(), cell->path(), limits); !written) {
       Error error = std::move(written).error();
-      error.message = "module '" + request.module + "': " + error.message;
-      return error;
+      return module_error(error.code, request.module, {error.message});
     }
   }
 
@@ -1133,9 +1147,10 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
   }
   errno = saved_errno;
   if (pid < 0) {
-    std::string what = "cannot create a process for '" + *path + "'";
-    if (cell) what += " in cgroup '" + cell->path() + "'";
-    return spawn_error(request, what, clone_error);
+    return spawn_error(request,
+                       {"cannot create a process for '", *path, "'", cell ? " in cgroup '" : "",
+                        cell ? std::string_view(cell->path()) : "", cell ? "'" : ""},
+                       clone_error);
   }
   UniqueFd owned_pidfd(pidfd);
   // The kernel gave the child our peak resident set at its execve
@@ -1162,26 +1177,24 @@ Result<std::unique_ptr<Process>> spawn(const SpawnRequest& request) {
     }
     switch (report.stage) {
       case ChildStage::Exec: {
-        std::string what = "cannot execute '" + *path + "'";
         struct stat info_stat;
-        if (report.error == EACCES && stat(path->c_str(), &info_stat) == 0 && S_ISDIR(info_stat.st_mode)) {
-          what += " (it is a directory)";
-        }
+        const bool directory = report.error == EACCES && stat(path->c_str(), &info_stat) == 0 && S_ISDIR(info_stat.st_mode);
         // Since Linux 3.1 a user over RLIMIT_NPROC fails at execve, not at setresuid.
-        if (report.error == EAGAIN && request.limits.user_processes) {
-          what += " (limits.user_processes reached for its user)";
-        }
-        return spawn_error(request, what, report.error);
+        const bool nproc = report.error == EAGAIN && request.limits.user_processes;
+        return spawn_error(request,
+                           {"cannot execute '", *path, "'", directory ? " (it is a directory)" : "",
+                            nproc ? " (limits.user_processes reached for its user)" : ""},
+                           report.error);
       }
       case ChildStage::Cgroup:
-        return spawn_error(request, "cannot enter cgroup '" + cell->path() + "'", report.error);
+        return spawn_error(request, {"cannot enter cgroup '", cell->path(), "'"}, report.error);
       case ChildStage::WorkingDirectory:
-        return spawn_error(request, "cannot enter working directory '" + *request.working_directory + "'",
+        return spawn_error(request, {"cannot enter working directory '", *request.working_directory, "'"},
                            report.error);
       case ChildStage::ProcessGroup:
       case ChildStage::Descriptors:
       case ChildStage::CloseDescriptors:
-        return spawn_error(request, "cannot prepare the child process for '" + *path + "'", report.error);
+        return spawn_error(request, {"cannot prepare the child process for '", *path, "'"}, report.error);
       default:
         return spawn_error(request, describe_child_failure(request, report, planned), report.error);
     }

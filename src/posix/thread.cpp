@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "core/text.hpp"
 #include "posix/thread_signals.hpp"
 
 namespace modkit::posix {
@@ -61,8 +62,8 @@ Result<std::unique_ptr<Thread>> start_thread(std::size_t stack_bytes, std::funct
   pthread_attr_destroy(&attributes);
   if (error != 0) {
     std::error_code code = std::make_error_code(std::errc::resource_unavailable_try_again);
-    return Error{code, "cannot start " + std::string(what) + " thread: " +
-                           std::error_code(error, std::generic_category()).message()};
+    return Error{code, core::concat({"cannot start ", what, " thread: ",
+                                     std::error_code(error, std::generic_category()).message()})};
   }
   owned.release();  // the thread frees it
   return std::unique_ptr<Thread>(std::make_unique<PosixThread>(thread));
