@@ -17,11 +17,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-void BM_StopCooperative(benchmark::State& state) {
+void stop_cooperative(benchmark::State& state, modkit::Containment containment) {
   Signal signal;
   auto sink = std::make_shared<CountingSink>(signal);
   modkit::CancellationToken token;
-  modkit::LocalProcessBackend backend(token, sink);
+  modkit::LocalProcessOptions options;
+  options.containment = containment;
+  modkit::LocalProcessBackend backend(token, sink, options);
   const auto config = child_config("stop", {"term"});
   for (auto _ : state) {
     state.PauseTiming();
@@ -43,6 +45,11 @@ void BM_StopCooperative(benchmark::State& state) {
     }
   }
 }
+
+void BM_StopCooperative(benchmark::State& state) { stop_cooperative(state, modkit::Containment::Automatic); }
+// The same without the instance's cgroup, to price it (its graceful step
+// also signals the cgroup's members, read from cgroup.procs).
+void BM_StopCooperativeUncontained(benchmark::State& state) { stop_cooperative(state, modkit::Containment::Off); }
 
 void BM_StopCooperativeRaw(benchmark::State& state) {
   for (auto _ : state) {
@@ -114,6 +121,7 @@ void BM_ShutdownStubborn(benchmark::State& state) {
 }
 
 BENCHMARK(BM_StopCooperative)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5)->Repetitions(5);
+BENCHMARK(BM_StopCooperativeUncontained)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5)->Repetitions(5);
 BENCHMARK(BM_StopCooperativeRaw)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5)->Repetitions(5);
 BENCHMARK(BM_ShutdownStubborn)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(3);
 

@@ -186,6 +186,12 @@ stop, raw_stop = get("BM_StopCooperative"), get("BM_StopCooperativeRaw")
 r = ratio_of(stop, raw_stop)
 row("cooperative stop: stop_instance / kill+waitpid", fmt_time(stop), fmt_time(raw_stop), r, "<= 1.10x",
     None if r is None else r <= 1.1, ratio_of(best("BM_StopCooperative"), best("BM_StopCooperativeRaw")))
+stop_uncontained = get("BM_StopCooperativeUncontained")
+r = ratio_of(stop_uncontained, raw_stop)
+if stop_uncontained is not None:
+    row("cooperative stop without containment: stop_instance / kill+waitpid", fmt_time(stop_uncontained),
+        fmt_time(raw_stop), r, "(context)", None, ratio_of(best("BM_StopCooperativeUncontained"),
+                                                           best("BM_StopCooperativeRaw")))
 total, grace = get("BM_ShutdownStubborn/100"), get("BM_ShutdownStubborn/100", "grace_s")
 r = ratio_of(total, grace)
 row("stubborn shutdown of 100: total / grace", fmt_time(total), fmt_time(grace), r, "<= 1.30x",
