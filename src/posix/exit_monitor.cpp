@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "platform/exit_monitor.hpp"
@@ -85,6 +86,7 @@ class PidfdExitMonitor final : public ExitMonitor {
       if (entry->notify_armed) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry->notify_fd, nullptr);
       return Error{last_error(), "cannot watch the child: epoll_ctl failed"};
     }
+    entry->serial = ++next_serial_;
     watched_[&process] = std::move(entry);
     return {};
   }
@@ -127,6 +129,12 @@ class PidfdExitMonitor final : public ExitMonitor {
     int contents_fd = -1;
     bool contents_armed = false;  // contents_fd is in the epoll set
     pid_t pid = 0;
+    // Which watch this is. Entries are keyed by the Process's address, and a
+    // process unwatched and destroyed while the monitor thread checked its
+    // exit without the lock can be followed at the same address by a new
+    // one: the exit found waitable is acted on only if the entry is still the
+    // one whose pid was checked (see run()).
+    std::uint64_t serial = 0;
     bool exited = false;  // on_exit has been taken; the entry stays for on_contents
     Callback on_exit, on_contents;
   };
@@ -192,8 +200,13 @@ class PidfdExitMonitor final : public ExitMonitor {
     return result != 0 || info.si_pid != 0;  // ECHILD: reaped by someone else
   }
 
-  // Runs one callback of `process` without the lock.
-  void fire(Process* process, bool exit) {
+  // Runs one callback of `process` without the lock. An exit is that of the
+  // watch `serial` (0: any), whose pid was found waitable: a later watch at
+  // the same address (the process was unwatched and destroyed meanwhile, and
+  // another allocated there) is not told of it. Told, it would take the exit
+  // claim of an instance whose child still runs, and nobody would act on
+  // that child's real exit: its pidfd event finds the entry exited.
+  void fire(Process* process, bool exit, std::uint64_t serial = 0) {
     if (exit) read_notify(process, true);
     Callback callback;
     {
@@ -202,7 +215,7 @@ class PidfdExitMonitor final : public ExitMonitor {
       if (it == watched_.end()) return;
       Entry& entry = *it->second;
       if (exit) {
-        if (entry.exited) return;
+        if (entry.exited || (serial != 0 && entry.serial != serial)) return;
         entry.exited = true;
         callback = std::move(entry.on_exit);
       } else {
@@ -247,7 +260,7 @@ class PidfdExitMonitor final : public ExitMonitor {
 
   void run() {
     epoll_event events[64];
-    std::vector<Process*> deferred;  // exited, not waitable yet (traced)
+    std::vector<std::pair<Process*, std::uint64_t>> deferred;  // exited, not waitable yet (traced); its watch
     for (;;) {
       int count = epoll_wait(epoll_.get(), events, 64, deferred.empty() ? -1 : 5);
       if (count < 0) {
@@ -267,28 +280,30 @@ class PidfdExitMonitor final : public ExitMonitor {
           continue;
         }
         pid_t pid;
+        std::uint64_t serial;
         {
           std::lock_guard<std::mutex> lock(mutex_);
           auto it = watched_.find(process);
           if (it == watched_.end() || it->second->exited) continue;
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
           pid = it->second->pid;
+          serial = it->second->serial;
         }
         if (waitable(pid)) {
-          fire(process, true);
+          fire(process, true, serial);
         } else {
-          deferred.push_back(process);
+          deferred.emplace_back(process, serial);
         }
       }
       for (auto it = deferred.begin(); it != deferred.end();) {
         pid_t pid = 0;
         {
           std::lock_guard<std::mutex> lock(mutex_);
-          auto entry = watched_.find(*it);
-          if (entry != watched_.end()) pid = entry->second->pid;
+          auto entry = watched_.find(it->first);
+          if (entry != watched_.end() && entry->second->serial == it->second) pid = entry->second->pid;
         }
         if (pid == 0 || waitable(pid)) {
-          if (pid != 0) fire(*it, true);
+          if (pid != 0) fire(it->first, true, it->second);
           it = deferred.erase(it);
         } else {
           ++it;
@@ -298,6 +313,7 @@ class PidfdExitMonitor final : public ExitMonitor {
   }
 
   UniqueFd epoll_, wake_;
+  std::uint64_t next_serial_ = 0;  // under mutex_
   std::mutex mutex_;
   std::condition_variable idle_;
   Process* firing_ = nullptr;
