@@ -387,6 +387,10 @@ void LocalProcessBackend::Impl::apply(const InstancePtr& instance, LifecycleEffe
 
 // Acts on the child's exit, once, whichever thread saw it first.
 void LocalProcessBackend::Impl::exit_seen(const InstancePtr& instance) {
+  // Claimed only by a caller that found the exit itself: one woken for
+  // something else (a monitor's stale event) must not take the claim, or
+  // nobody would act on the real exit.
+  if (!instance->process->peek_exit()) return;
   if (instance->exit_claimed.exchange(true)) return;
   Clock::time_point now = Clock::now();
   // The monitor delivered the notifications written before the exit.

@@ -344,6 +344,9 @@ TEST(RegressionGhostInstance, ReaderThreadFailureLeavesNoListedInstanceNoOnExitN
   RUN_IN_HOST(Ms(60000), [] {
     become_nobody_and_count_tasks();
     LocalProcessOptions options = short_options();
+    // Threads are counted exactly between steps: no reader is kept idle (a
+    // step whose second reader could not start leaves its first one idle).
+    options.idle_readers = 0;
     ExitRecorder exits;
     options.on_exit = exits.callback();
     auto sink = std::make_shared<RecordingSink>();
