@@ -126,7 +126,10 @@ using InstancePtr = std::shared_ptr<Instance>;
 // (it looks at `deferred` after leaving its tail). The bit is set before
 // looking again, so that exactly one of the two acts on it.
 bool defer_to_reader(Instance& instance, int what) {
-  if (instance.readers_in_tail.load() == 0) return false;
+  // Never with readiness: the monitor delivers the notifications written
+  // before the exit first, which a reader acting on the exit would overtake
+  // (a READY=1 just before exiting must still count: found by CI under TSan).
+  if (instance.readiness || instance.readers_in_tail.load() == 0) return false;
   instance.deferred.fetch_or(what);
   if (instance.readers_in_tail.load() > 0) return true;
   return (instance.deferred.fetch_and(~what) & what) == 0;  // cleared: a reader took it
