@@ -666,7 +666,13 @@ Result<InstanceHandle> LocalProcessBackend::Impl::wait_until_ready(const Instanc
     apply_readiness(instance, tracker.tick(Clock::now()));
     core::ReadyState state = tracker.state();
     if (state == core::ReadyState::Ready) return instance->handle;
-    if (state == core::ReadyState::Failed || instance->lifecycle.status() || token_.is_cancelled()) break;
+    if (state == core::ReadyState::Failed || instance->lifecycle.status() || token_.is_cancelled()) {
+      // Ready, then ended, between the two looks: the readiness came first
+      // (its notifications are delivered before the exit), so it counts.
+      // Found by CI under TSan once the exit was reported without a hop.
+      if (tracker.state() == core::ReadyState::Ready) return instance->handle;
+      break;
+    }
     std::unique_lock<std::mutex> lock(state_mutex_);
     state_changed_.wait_until(lock, tracker.deadline_hint(), [&] { return generation_ != seen; });
   }

@@ -66,9 +66,9 @@ Result<void> ThreadPool::run(std::function<void()> job) {
     worker->job = std::move(job);
     worker->busy = true;
     ++state_->busy;
-    // Woken after the unlock: woken under it, the worker would find the lock
-    // taken and sleep again. A busy worker is never ended, so it is still there.
-    lock.unlock();
+    // Woken under the lock: once it is released the worker may already have
+    // run the job (a timed-out wait sees it busy), ended, and been freed, cv
+    // and all (TSan found a notify after the unlock doing just that).
     worker->wake.notify_one();
     return {};
   }
